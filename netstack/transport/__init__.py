@@ -1,0 +1,1 @@
+"""Transport layer: UDP and TCP protocols with their endpoints."""

@@ -1,0 +1,205 @@
+"""UDP (RFC 768, RFC 1122 section 4.1, RFC 8200 section 8.1): demultiplex, deliver, send.
+
+The receive path calls the endpoint's ``on_datagram`` callback directly: no queue, Future or
+Task per packet at this layer (the socket layer queues only when nobody is waiting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from netstack.errors import ParseError, StackError
+from netstack.header.numbers import IPPROTO_UDP
+from netstack.header.udp import UDPHeader, build_udp, udp_checksum_ok
+from netstack.ports import Demux, unspecified
+from netstack.stack import Control
+
+if TYPE_CHECKING:
+    from netstack.stack import NIC, Stack
+
+DatagramCallback = Callable[[bytes, bytes, int, bytes], None]
+"""``on_datagram(payload, remote address, remote port, local address)``."""
+ErrorCallback = Callable[[Control, bytes, int], None]
+"""``on_error(control, remote address, remote port)`` for an ICMP error about our datagram."""
+
+
+class UDPProtocol:
+    """The UDP transport of a stack."""
+
+    number = IPPROTO_UDP
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.counters = stack.counters.child("udp")
+        self.demux: Demux[UDPEndpoint] = Demux(stack.rng, stack.options.ephemeral_ports)
+
+    def handle_packet(
+        self, nic: NIC, src: bytes, dst: bytes, payload: memoryview, packet: bytes
+    ) -> None:
+        """Validate one inbound datagram and hand it to the endpoint bound to its destination."""
+        c = self.counters
+        try:
+            hdr = UDPHeader.parse(payload)
+        except ParseError as exc:
+            c.inc("malformed." + exc.reason)
+            return
+        datagram = payload[: hdr.length]
+        if not udp_checksum_ok(src, dst, datagram):
+            c.inc("malformed.zero_checksum" if hdr.checksum == 0 else "malformed.bad_checksum")
+            return
+        ep = self.demux.lookup(dst, hdr.dst_port, src, hdr.src_port)
+        if ep is None:
+            c.inc("no_port")
+            # RFC 1122 section 4.1.3.1: port unreachable for a datagram to a closed port.
+            self.stack.icmp.port_unreachable(nic, packet)
+            return
+        values = c.values
+        values["delivered"] = values.get("delivered", 0) + 1
+        ep.on_datagram(bytes(datagram[8:]), src, hdr.src_port, dst)
+
+    def handle_control(
+        self, control: Control, local: bytes, remote: bytes, header: bytes, info: int
+    ) -> None:
+        """Pass an ICMP error on to the endpoint that sent the datagram it quotes."""
+        local_port = int.from_bytes(header[0:2], "big")
+        remote_port = int.from_bytes(header[2:4], "big")
+        ep = self.demux.lookup(local, local_port, remote, remote_port)
+        if ep is None:
+            self.counters.inc("control_no_endpoint")
+            return
+        self.counters.inc(f"control.{control.value}")
+        if ep.on_error is not None:
+            ep.on_error(control, remote, remote_port)
+
+
+def _drop(payload: bytes, remote: bytes, port: int, local: bytes) -> None:
+    """The default receiver: datagrams for an endpoint with no receiver are discarded."""
+
+
+class UDPEndpoint:
+    """A UDP endpoint of the stack: bind, connect, send, and a callback for what arrives."""
+
+    __slots__ = (
+        "stack",
+        "protocol",
+        "on_datagram",
+        "on_error",
+        "local_addr",
+        "local_port",
+        "remote_addr",
+        "remote_port",
+        "_reserved",
+        "_registered",
+        "closed",
+    )
+
+    def __init__(
+        self,
+        stack: Stack,
+        on_datagram: DatagramCallback | None = None,
+        on_error: ErrorCallback | None = None,
+    ) -> None:
+        self.stack = stack
+        self.protocol = stack.udp
+        self.on_datagram: DatagramCallback = on_datagram or _drop
+        self.on_error = on_error
+        self.local_addr: bytes | None = None
+        self.local_port = 0
+        self.remote_addr: bytes | None = None
+        self.remote_port = 0
+        self._reserved: bytes | None = None  # the address the port is reserved on
+        self._registered = False
+        self.closed = False
+
+    def bind(self, addr: bytes, port: int) -> None:
+        """Bind to a local address (or the unspecified one) and port (0 picks an ephemeral one)."""
+        if self.closed:
+            raise StackError("endpoint is closed")
+        if self.local_addr is not None:
+            raise StackError("endpoint is already bound")
+        if addr != unspecified(len(addr)) and not self.stack.is_local(addr):
+            raise StackError("cannot bind to an address the stack does not hold")
+        demux = self.protocol.demux
+        port = demux.reserve(addr, port)
+        self._reserved = addr
+        self.local_addr, self.local_port = addr, port
+        self._register()
+
+    def connect(self, addr: bytes, port: int) -> None:
+        """Fix the remote address: sends default to it and only its datagrams are received."""
+        if self.closed:
+            raise StackError("endpoint is closed")
+        if port <= 0 or port > 0xFFFF:
+            raise StackError(f"bad port {port}")
+        if self.local_addr is None:
+            self.bind(unspecified(len(addr)), 0)
+        assert self.local_addr is not None
+        if len(addr) != len(self.local_addr):
+            raise StackError("address family does not match the bound address")
+        local = self.local_addr
+        if local == unspecified(len(local)):
+            # Like Linux: connect() on a wildcard-bound socket fixes the source address.
+            local = self.stack.find_route(addr).local
+        self._unregister()
+        self.local_addr = local
+        self.remote_addr, self.remote_port = addr, port
+        self._register()
+
+    def _register(self) -> None:
+        demux = self.protocol.demux
+        assert self.local_addr is not None
+        if self.remote_addr is None:
+            demux.register_bound(self.local_addr, self.local_port, self)
+        else:
+            demux.register_connected(
+                self.local_addr, self.local_port, self.remote_addr, self.remote_port, self
+            )
+        self._registered = True
+
+    def _unregister(self) -> None:
+        if not self._registered or self.local_addr is None:
+            return
+        demux = self.protocol.demux
+        if self.remote_addr is None:
+            demux.unregister_bound(self.local_addr, self.local_port, self)
+        else:
+            demux.unregister_connected(
+                self.local_addr, self.local_port, self.remote_addr, self.remote_port, self
+            )
+        self._registered = False
+
+    def sendto(self, payload: bytes, addr: bytes | None = None, port: int = 0) -> bool:
+        """Send one datagram to (addr, port), or to the connected peer when ``addr`` is None."""
+        if self.closed:
+            raise StackError("endpoint is closed")
+        if addr is None:
+            if self.remote_addr is None:
+                raise StackError("endpoint is not connected and no address was given")
+            addr, port = self.remote_addr, self.remote_port
+        if not 0 < port <= 0xFFFF:
+            raise StackError(f"bad port {port}")
+        if len(payload) > 65535 - 8:
+            raise StackError("datagram too large")
+        if self.local_addr is None:
+            self.bind(unspecified(len(addr)), 0)
+        local = self.local_addr
+        assert local is not None
+        if len(local) != len(addr):
+            raise StackError("address family does not match the bound address")
+        stack = self.stack
+        route = stack.find_route(addr, None if local == unspecified(len(local)) else local)
+        datagram = build_udp(route.local, addr, self.local_port, port, payload)
+        c = self.protocol.counters.values
+        c["sent"] = c.get("sent", 0) + 1
+        return stack.send(route, IPPROTO_UDP, datagram)
+
+    def close(self) -> None:
+        """Stop receiving and release the port."""
+        if self.closed:
+            return
+        self.closed = True
+        self._unregister()
+        if self._reserved is not None:
+            self.protocol.demux.release(self._reserved, self.local_port)
+            self._reserved = None
