@@ -31,7 +31,7 @@ class Clock(Protocol):
 
 
 class _ManualTimer:
-    __slots__ = ("when", "callback", "args", "cancelled", "clock")
+    __slots__ = ("args", "callback", "cancelled", "clock", "when")
 
     def __init__(
         self, clock: ManualClock, when: float, callback: Callable[..., Any], args: tuple[Any, ...]
@@ -62,7 +62,7 @@ class ManualClock:
         return self._now
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> _ManualTimer:
-        """Schedule ``callback(*args)`` at now + ``delay`` (negative delays run at the next advance)."""
+        """Schedule ``callback(*args)`` at now + ``delay`` (a negative delay means now)."""
         timer = _ManualTimer(self, self._now + max(0.0, delay), callback, args)
         heapq.heappush(self._heap, (timer.when, next(self._seq), timer))
         self._live += 1
@@ -80,7 +80,7 @@ class ManualClock:
         return self._heap[0][0] if self._heap else None
 
     def advance(self, seconds: float) -> int:
-        """Move time forward by ``seconds``, running every timer that falls due; return how many ran."""
+        """Move time forward by ``seconds``, running the timers that fall due; return how many."""
         if seconds < 0:
             raise ValueError("time cannot go backwards")
         return self.advance_to(self._now + seconds)
@@ -101,7 +101,7 @@ class ManualClock:
         return ran
 
     def run_until_idle(self, limit: float = 3600.0) -> int:
-        """Run timers until none is pending or ``limit`` seconds have passed; return how many ran."""
+        """Run timers until none is pending or ``limit`` seconds passed; return how many ran."""
         end = self._now + limit
         ran = 0
         while (deadline := self.next_deadline()) is not None and deadline <= end:

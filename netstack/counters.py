@@ -13,7 +13,7 @@ from collections.abc import Iterator
 class Counters:
     """One node of the counter tree: a mapping of local names to integers plus named children."""
 
-    __slots__ = ("name", "values", "children")
+    __slots__ = ("children", "name", "values")
 
     def __init__(self, name: str = "") -> None:
         self.name = name

@@ -11,7 +11,7 @@ from __future__ import annotations
 class ParseError(ValueError):
     """A packet or header could not be parsed; ``reason`` names the counter for the drop."""
 
-    __slots__ = ("reason", "detail")
+    __slots__ = ("detail", "reason")
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -41,7 +41,7 @@ class PortsExhaustedError(StackError):
 class Demux(Generic[E]):
     """Maps transport keys to endpoints; one instance per transport protocol."""
 
-    __slots__ = ("connected", "bound", "_rng", "_lo", "_hi", "_reserved")
+    __slots__ = ("_hi", "_lo", "_reserved", "_rng", "bound", "connected")
 
     def __init__(self, rng: random.Random, ephemeral: tuple[int, int] = (32768, 60999)) -> None:
         self.connected: dict[tuple[bytes, int, bytes, int], E] = {}

@@ -129,7 +129,7 @@ class UDPSocket:
             return self._queue.popleft()
         if self._endpoint.closed:
             raise OSError(errno.EBADF, "socket is closed")
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[tuple[bytes, Address]] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         try:
             return await waiter
@@ -268,11 +268,11 @@ class StackDatagramTransport(asyncio.DatagramTransport):
             self._protocol.connection_lost(None)
 
     def abort(self) -> None:
-        """Same as close(): UDP has nothing buffered."""
+        """Close at once: UDP has nothing buffered."""
         self.close()
 
     def get_write_buffer_size(self) -> int:
-        """Always 0: datagrams are handed to the link at once."""
+        """Return 0: datagrams are handed to the link at once."""
         return 0
 
 

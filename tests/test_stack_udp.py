@@ -15,7 +15,8 @@ from netstack.link.channel import ChannelEndpoint, Wire
 from netstack.sockets import UDPSocket, create_datagram_endpoint
 from netstack.stack import Stack
 from netstack.transport.udp import UDPEndpoint
-from tests.stackutil import HOST4, HOST6, STACK4, STACK6, a, make_stack, udp_packet
+
+from stackutil import HOST4, HOST6, STACK4, STACK6, a, make_stack, udp_packet
 
 
 def _collecting_endpoint(stack: Stack, addr: str, port: int) -> tuple[UDPEndpoint, list]:
@@ -125,7 +126,7 @@ def test_closed_port_gets_icmpv4_port_unreachable_quoting_the_datagram() -> None
 
 
 def test_closed_port_gets_icmpv6_port_unreachable() -> None:
-    stack, link, _ = make_stack()
+    _, link, _ = make_stack()
     original = udp_packet(HOST6, STACK6, 4000, 9, b"knock")
     link.inject(original)
     (out,) = link.drain()

@@ -38,8 +38,11 @@ def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
 
 
 def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int:
-    """Return the one's-complement sum of the IPv4 (RFC 768) or IPv6 (RFC 8200 section 8.1)
-    pseudo-header for an upper-layer packet of ``length`` bytes; the family follows ``len(src)``."""
+    """Return the one's-complement sum of an IPv4 or IPv6 pseudo-header.
+
+    RFC 768 (IPv4) and RFC 8200 section 8.1 (IPv6), for an upper-layer packet of ``length``
+    bytes; the family follows ``len(src)``.
+    """
     # Both layouts sum to the same words: addresses, then the length and the protocol number
     # (IPv6 puts them in 32-bit fields whose high bytes are zero, which do not change the sum).
     return ones_sum(src + dst, (length & 0xFFFF) + (length >> 16) + protocol)
@@ -48,6 +51,9 @@ def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int
 def transport_checksum(
     src: bytes, dst: bytes, protocol: int, segment: bytes | bytearray | memoryview
 ) -> int:
-    """Return the checksum of a UDP/TCP/ICMPv6 ``segment`` (checksum field zeroed) with its
-    pseudo-header; a correct segment with its checksum in place yields 0 from this function."""
+    """Return the checksum of a UDP/TCP/ICMPv6 ``segment`` with its pseudo-header.
+
+    With the checksum field zeroed this is the value to store; over a correct segment with its
+    checksum in place it is 0.
+    """
     return checksum(segment, pseudo_header_sum(src, dst, protocol, len(segment)))

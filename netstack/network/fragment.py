@@ -22,7 +22,7 @@ FRAGMENT_OVERHEAD = 64
 
 
 class _Datagram:
-    __slots__ = ("starts", "pieces", "received", "total", "first", "held", "timer")
+    __slots__ = ("first", "held", "pieces", "received", "starts", "timer", "total")
 
     def __init__(self) -> None:
         self.starts: list[int] = []  # sorted fragment offsets

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from netstack.errors import ParseError
+from netstack.errors import ParseError, StackError
 from netstack.header import icmpv4, icmpv6
 from netstack.header.ipv4 import IPv4Header
 from netstack.header.ipv6 import IPV6_HEADER_LEN, IPv6Header, walk_extensions
 from netstack.header.numbers import IPPROTO_ICMP, IPPROTO_ICMPV6
 from netstack.stack import Control, NoRouteError, Route
-from netstack.errors import StackError
 
 if TYPE_CHECKING:
     from netstack.stack import NIC, Stack
@@ -55,7 +54,7 @@ _NDP_MLD = {
 class TokenBucket:
     """A token bucket on the stack's clock: ``rate`` tokens a second, at most ``burst`` saved."""
 
-    __slots__ = ("rate", "burst", "tokens", "stamp")
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self.rate = rate
@@ -285,10 +284,13 @@ class ICMP:
         ):
             c.inc("error_suppressed.multicast")
             return False
-        if packet[6] == IPPROTO_ICMPV6 and len(packet) > IPV6_HEADER_LEN:
-            if packet[IPV6_HEADER_LEN] < 128:
-                c.inc("error_suppressed.icmp_error")
-                return False
+        if (
+            packet[6] == IPPROTO_ICMPV6
+            and len(packet) > IPV6_HEADER_LEN
+            and packet[IPV6_HEADER_LEN] < 128
+        ):
+            c.inc("error_suppressed.icmp_error")
+            return False
         if not self._bucket_v6.take(self.stack.clock.now()):
             c.inc("error_rate_limited")
             return False
@@ -311,7 +313,5 @@ class ICMP:
     def port_unreachable(self, nic: NIC, packet: bytes) -> bool:
         """Report a packet to a closed port (RFC 1122 3.2.2.1, RFC 4443 3.1 code 4)."""
         if packet[0] >> 4 == 4:
-            return self.send_error_v4(
-                nic, packet, icmpv4.DEST_UNREACHABLE, icmpv4.PORT_UNREACHABLE
-            )
+            return self.send_error_v4(nic, packet, icmpv4.DEST_UNREACHABLE, icmpv4.PORT_UNREACHABLE)
         return self.send_error_v6(nic, packet, icmpv6.DEST_UNREACHABLE, icmpv6.PORT_UNREACHABLE)

@@ -22,7 +22,7 @@ BROADCAST = b"\xff\xff\xff\xff"
 
 
 def is_multicast_or_broadcast(addr: bytes) -> bool:
-    """Tell whether an IPv4 address is limited broadcast, multicast or class E (RFC 1122 3.2.1.3)."""
+    """Tell whether an IPv4 address is broadcast, multicast or class E (RFC 1122 3.2.1.3)."""
     return addr[0] >= 224
 
 

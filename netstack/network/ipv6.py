@@ -81,10 +81,9 @@ class IPv6Protocol:
             return
         stack = self.stack
         dst = hdr.dst
-        if not stack.is_local(dst):
-            if dst[0] != 0xFF or dst not in self.groups:
-                c.inc("not_for_us.multicast" if dst[0] == 0xFF else "not_for_us")
-                return
+        if not stack.is_local(dst) and (dst[0] != 0xFF or dst not in self.groups):
+            c.inc("not_for_us.multicast" if dst[0] == 0xFF else "not_for_us")
+            return
         if hdr.src[0] == 0xFF:
             # RFC 4291 section 2.7: a multicast address is never a source.
             c.inc("malformed.bad_source")
@@ -286,7 +285,7 @@ class IPv6Protocol:
         hop_limit: int | None = None,
         traffic_class: int = 0,
     ) -> bool:
-        """Send ``payload`` as one IPv6 packet along ``route``, fragmenting at the source if needed."""
+        """Send ``payload`` as one IPv6 packet along ``route``, fragmenting it at the source."""
         hdr = IPv6Header(
             src=route.local,
             dst=route.remote,

@@ -74,24 +74,24 @@ class UDPProtocol:
 
 
 def _drop(payload: bytes, remote: bytes, port: int, local: bytes) -> None:
-    """The default receiver: datagrams for an endpoint with no receiver are discarded."""
+    """Discard a datagram: the receiver of an endpoint given none."""
 
 
 class UDPEndpoint:
     """A UDP endpoint of the stack: bind, connect, send, and a callback for what arrives."""
 
     __slots__ = (
-        "stack",
-        "protocol",
-        "on_datagram",
-        "on_error",
+        "_registered",
+        "_reserved",
+        "closed",
         "local_addr",
         "local_port",
+        "on_datagram",
+        "on_error",
+        "protocol",
         "remote_addr",
         "remote_port",
-        "_reserved",
-        "_registered",
-        "closed",
+        "stack",
     )
 
     def __init__(

@@ -1,0 +1,234 @@
+"""The IPv4 header (RFC 791 section 3.1).
+
+::
+
+     0                   1                   2                   3
+     0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+    |Version|  IHL  |Type of Service|          Total Length         |
+    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+    |         Identification        |Flags|      Fragment Offset    |
+    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+    |  Time to Live |    Protocol   |         Header Checksum       |
+    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+    |                 Source Address / Destination Address          |
+    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+    |                    Options                    |    Padding    |
+    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+
+The Type of Service octet is read as DSCP and ECN (RFC 2474 section 3, RFC 3168 section 5).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from netstack.errors import ParseError
+from netstack.header.checksum import checksum
+
+IPV4_MIN_HEADER_LEN: Final = 20
+"""Length of a header without options (IHL = 5)."""
+IPV4_MAX_HEADER_LEN: Final = 60
+"""Length of a header with the largest IHL (15 words)."""
+IPV4_MAX_OPTIONS_LEN: Final = IPV4_MAX_HEADER_LEN - IPV4_MIN_HEADER_LEN
+
+# Option types of RFC 791 section 3.1 that occupy a single octet.
+OPT_EOL: Final = 0
+"""End of Option List: ends the option area; the rest is padding."""
+OPT_NOP: Final = 1
+"""No Operation: a single octet used to align the next option."""
+
+_FLAG_RESERVED: Final = 0x8000
+_FLAG_DF: Final = 0x4000
+_FLAG_MF: Final = 0x2000
+_OFFSET_MASK: Final = 0x1FFF
+
+# version/IHL, TOS, total length, identification, flags/offset, TTL, protocol, checksum, src, dst
+_HEADER: Final = struct.Struct("!BBHHHBBH4s4s")
+_CHECKSUM: Final = struct.Struct("!H")
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(slots=True)
+class IPv4Header:
+    """One IPv4 header; ``fragment_offset`` is in bytes and ``options`` is the raw option area."""
+
+    src: bytes
+    dst: bytes
+    protocol: int
+    ttl: int = 64
+    tos: int = 0
+    ident: int = 0
+    reserved_flag: bool = False
+    dont_fragment: bool = False
+    more_fragments: bool = False
+    fragment_offset: int = 0
+    total_length: int = 0
+    options: bytes = b""
+    checksum: int = field(default=0, compare=False)
+
+    @property
+    def header_length(self) -> int:
+        """Return the header length in bytes (20 plus the option area)."""
+        return IPV4_MIN_HEADER_LEN + len(self.options)
+
+    @property
+    def dscp(self) -> int:
+        """Return the Differentiated Services codepoint (RFC 2474 section 3): the high 6 bits."""
+        return self.tos >> 2
+
+    @property
+    def ecn(self) -> int:
+        """Return the ECN field (RFC 3168 section 5): the low 2 bits of the TOS octet."""
+        return self.tos & 0x3
+
+    def build(self, payload_length: int) -> bytes:
+        """Return the header bytes for a payload of ``payload_length`` bytes.
+
+        Total Length and Header Checksum are computed here; the ``total_length`` and
+        ``checksum`` fields of the record are ignored. Raises ValueError on field values
+        that do not fit the wire format.
+        """
+        options = self.options
+        n_opts = len(options)
+        if n_opts & 3 or n_opts > IPV4_MAX_OPTIONS_LEN:
+            raise ValueError(f"IPv4 options must be a multiple of 4 bytes, <= 40: {n_opts}")
+        if len(self.src) != 4 or len(self.dst) != 4:
+            raise ValueError("IPv4 addresses must be 4 bytes")
+        offset = self.fragment_offset
+        if offset & 7 or not 0 <= offset <= _OFFSET_MASK * 8:
+            raise ValueError(f"fragment offset must be a multiple of 8 in [0, 65528]: {offset}")
+        header_length = IPV4_MIN_HEADER_LEN + n_opts
+        total = header_length + payload_length
+        if payload_length < 0 or total > 0xFFFF:
+            raise ValueError(f"IPv4 total length out of range: {total}")
+        flags = offset >> 3
+        if self.reserved_flag:
+            flags |= _FLAG_RESERVED
+        if self.dont_fragment:
+            flags |= _FLAG_DF
+        if self.more_fragments:
+            flags |= _FLAG_MF
+        try:
+            fixed = _HEADER.pack(
+                0x40 | (header_length >> 2),
+                self.tos,
+                total,
+                self.ident,
+                flags,
+                self.ttl,
+                self.protocol,
+                0,
+                self.src,
+                self.dst,
+            )
+        except struct.error as exc:
+            raise ValueError(f"IPv4 field out of range: {exc}") from exc
+        # RFC 791 section 3.1: the checksum is computed with the checksum field zero.
+        header = bytearray(fixed)
+        if n_opts:
+            header += options
+        _CHECKSUM.pack_into(header, 10, checksum(header))
+        return bytes(header)
+
+    def pack(self, payload: bytes | memoryview) -> bytes:
+        """Return the header followed by ``payload``: a whole datagram."""
+        return self.build(len(payload)) + payload
+
+    @classmethod
+    def parse(cls, buf: Buffer, *, verify_checksum: bool = True) -> IPv4Header:
+        """Parse the header at the start of ``buf`` (which may carry link padding after it).
+
+        Raises ParseError with reason "truncated", "bad_version", "bad_header_length",
+        "bad_total_length", "bad_checksum" or "bad_option".
+        """
+        n = len(buf)
+        if n < IPV4_MIN_HEADER_LEN:
+            raise ParseError("truncated", f"{n} bytes, IPv4 header needs 20")
+        (vihl, tos, total, ident, flags, ttl, proto, csum, src, dst) = _HEADER.unpack_from(buf)
+        if vihl >> 4 != 4:
+            raise ParseError("bad_version", f"version {vihl >> 4}")
+        header_length = (vihl & 0xF) << 2
+        if header_length < IPV4_MIN_HEADER_LEN or header_length > n:
+            raise ParseError("bad_header_length", f"IHL {header_length} with {n} bytes")
+        # RFC 791 section 3.1: Total Length covers header and data; bytes past it are link
+        # padding (an Ethernet minimum frame, for one) that the caller trims.
+        if total < header_length or total > n:
+            raise ParseError("bad_total_length", f"total length {total}, {n} bytes")
+        if verify_checksum and checksum(buf[:header_length]) != 0:
+            raise ParseError("bad_checksum", f"header checksum {csum:#06x}")
+        options = b""
+        if header_length > IPV4_MIN_HEADER_LEN:
+            options = bytes(buf[IPV4_MIN_HEADER_LEN:header_length])
+            parse_options(options)
+        return cls(
+            src,
+            dst,
+            proto,
+            ttl,
+            tos,
+            ident,
+            bool(flags & _FLAG_RESERVED),
+            bool(flags & _FLAG_DF),
+            bool(flags & _FLAG_MF),
+            (flags & _OFFSET_MASK) << 3,
+            total,
+            options,
+            csum,
+        )
+
+
+def parse_options(options: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
+    """Return the options of an IPv4 option area as (type, value) pairs (RFC 791 section 3.1).
+
+    End of Option List ends the list, No Operation is skipped; every other option is
+    type, length (counting the type and length octets, so at least 2) and value, and must lie
+    inside the area. Raises ParseError("bad_option") otherwise.
+    """
+    result: list[tuple[int, bytes]] = []
+    n = len(options)
+    i = 0
+    while i < n:
+        kind = options[i]
+        if kind == OPT_EOL:
+            break
+        if kind == OPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= n:
+            raise ParseError("bad_option", f"option {kind} has no length octet")
+        length = options[i + 1]
+        if length < 2 or i + length > n:
+            raise ParseError("bad_option", f"option {kind} length {length} at {i} of {n}")
+        result.append((kind, bytes(options[i + 2 : i + length])))
+        i += length
+    return result
+
+
+def build_options(options: Sequence[tuple[int, bytes]]) -> bytes:
+    """Return an option area holding ``options`` (type, value) as type/length/value.
+
+    The area is padded with EOL octets to a multiple of 4 bytes (RFC 791 section 3.1).
+    Raises ValueError if it exceeds 40 bytes or a type cannot carry a value.
+    """
+    out = bytearray()
+    for kind, value in options:
+        if kind in (OPT_EOL, OPT_NOP) or not 0 <= kind <= 0xFF:
+            raise ValueError(f"option type {kind} cannot carry a value")
+        if len(value) > 0xFF - 2:
+            raise ValueError(f"option {kind} value too long: {len(value)}")
+        out += bytes((kind, len(value) + 2))
+        out += value
+    out += bytes(-len(out) & 3)
+    if len(out) > IPV4_MAX_OPTIONS_LEN:
+        raise ValueError(f"IPv4 options take {len(out)} bytes, at most 40 fit")
+    return bytes(out)
+
+
+def is_fragment(hdr: IPv4Header) -> bool:
+    """Return True if ``hdr`` belongs to a fragment: More Fragments set or a nonzero offset."""
+    return hdr.more_fragments or hdr.fragment_offset != 0

@@ -1,0 +1,78 @@
+"""Run ``olm`` commands inside a test's network namespace and talk to them."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from netns import NetNS, python_env
+
+
+class OlmProcess:
+    """A running ``python -m olm ...`` inside a namespace, started and stopped by the test."""
+
+    def __init__(self, ns: NetNS, args: Sequence[str], ready: str = "ready") -> None:
+        self.ns = ns
+        self.proc: subprocess.Popen[str] = ns.popen(
+            [sys.executable, "-m", "olm", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=python_env({**os.environ, "PYTHONUNBUFFERED": "1"}),
+        )
+        self.lines: list[str] = []
+        self.wait_for(ready)
+
+    def wait_for(self, needle: str, timeout: float = 20.0) -> str:
+        """Read stdout until a line contains ``needle``; fail with the output if it does not."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        try:
+            while time.monotonic() < deadline:
+                if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                    break
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                self.lines.append(line.rstrip("\n"))
+                if needle in line:
+                    return line
+        finally:
+            sel.close()
+        err = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
+        raise AssertionError(
+            f"olm never printed {needle!r}; exit={self.proc.poll()} stdout={self.lines} "
+            f"stderr={err}"
+        )
+
+    def stop(
+        self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20.0
+    ) -> tuple[int, str, str]:
+        """Signal the process, wait for it, and return (exit code, rest of stdout, stderr)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+
+def counters_from(stderr: str) -> dict[str, int]:
+    """Parse the ``name value`` lines that ``--stats`` prints on exit."""
+    result: dict[str, int] = {}
+    for line in stderr.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name and value.isdigit():
+            result[name] = int(value)
+    return result
+
+
+def ns_python(ns: NetNS, code: str, **kwargs: Any) -> str:
+    """Run Python source inside the namespace and return its stdout."""
+    return str(ns.python(code, **kwargs).stdout)
