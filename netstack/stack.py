@@ -12,6 +12,7 @@ Addresses inside the stack are ``bytes`` (4 or 16 long); the socket layer conver
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import random
 import socket
@@ -73,6 +74,7 @@ class TransportProtocol(Protocol):
         """
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> bytes:
     """Return the packed form of an IPv4 or IPv6 address given as text."""
     try:
@@ -81,6 +83,7 @@ def parse_address(text: str) -> bytes:
         raise AddressError(f"not an IP address: {text!r}") from exc
 
 
+@functools.lru_cache(maxsize=4096)
 def format_address(addr: bytes) -> str:
     """Return the text form of a packed IPv4 or IPv6 address."""
     return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
@@ -260,6 +263,9 @@ class Stack:
         self.routes = RouteTable()
         self._local_addresses: dict[bytes, NIC] = {}
         self._pmtu: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
+        # (remote, requested local) -> (route, valid until); cleared on any change that could
+        # alter a route: addresses, routes, NICs, path MTUs.
+        self._route_cache: dict[tuple[bytes, bytes | None], tuple[Route, float]] = {}
         self.transports: dict[int, TransportProtocol] = {}
         self.icmp: ICMP = ICMP(self)
         self.ipv4: IPv4Protocol = IPv4Protocol(self)
@@ -289,6 +295,7 @@ class Stack:
         for entry in nic.addresses:
             self._local_addresses.pop(entry.address, None)
         self.routes.remove_nic(nic)
+        self._route_cache.clear()
 
     def add_address(self, nic_name: str, address: str) -> bytes:
         """Assign ``address`` (``"10.0.0.1"`` or ``"10.0.0.1/24"``) to a NIC; return it packed."""
@@ -302,6 +309,7 @@ class Stack:
             raise AddressError(f"{iface.ip} is already assigned")
         nic.addresses.append(AddressEntry(packed, iface.network.prefixlen))
         self._local_addresses[packed] = nic
+        self._route_cache.clear()
         if len(packed) == 16:
             self.ipv6.join_solicited_node(packed)
         return packed
@@ -313,6 +321,7 @@ class Stack:
         if nic is None:
             raise AddressError(f"{address} is not assigned")
         nic.addresses = [e for e in nic.addresses if e.address != packed]
+        self._route_cache.clear()
 
     def add_route(self, destination: str, nic_name: str, gateway: str | None = None) -> None:
         """Route ``destination`` (a prefix like ``"0.0.0.0/0"`` or ``"fd00::/8"``) via a NIC."""
@@ -323,6 +332,7 @@ class Stack:
             raise AddressError(f"not a prefix: {destination!r}") from exc
         gw = parse_address(gateway) if gateway else None
         self.routes.add(RouteEntry(net.network_address.packed, net.prefixlen, nic, gw))
+        self._route_cache.clear()
 
     def _nic(self, name: str) -> NIC:
         try:
@@ -342,6 +352,18 @@ class Stack:
 
     def find_route(self, remote: bytes, local: bytes | None = None) -> Route:
         """Return how to reach ``remote``, optionally from a given local address."""
+        key = (remote, local)
+        cached = self._route_cache.get(key)
+        if cached is not None and cached[1] > self.clock.now():
+            return cached[0]
+        route = self._find_route(remote, local)
+        if len(self._route_cache) >= 4096:
+            self._route_cache.clear()
+        pmtu = self._pmtu.get(remote)
+        self._route_cache[key] = (route, pmtu[1] if pmtu else float("inf"))
+        return route
+
+    def _find_route(self, remote: bytes, local: bytes | None) -> Route:
         entry = self.routes.lookup(remote)
         if entry is None:
             self.counters.inc("route.no_route")
@@ -380,6 +402,7 @@ class Stack:
         if len(self._pmtu) > self.options.pmtu_entries:
             self._pmtu.popitem(last=False)
         self.counters.inc("route.pmtu_updates")
+        self._route_cache.clear()
 
     # -- sending ---------------------------------------------------------------------------
 

@@ -48,8 +48,11 @@ def test_icmpv6_known_answers() -> None:
     msg = ICMPv6Message.parse(echo, FE80_1, FE80_2)
     assert msg == icmpv6.echo_request(0x1234, 0xABCD, b"\xaa\x00\x00\xff")
     assert msg.build(FE80_1, FE80_2) == echo
-    quoted = bytes.fromhex("60000000000c1140") + FE80_1 + FE80_2 + bytes.fromhex(
-        "bf000035000c124daa0000ff"
+    quoted = (
+        bytes.fromhex("60000000000c1140")
+        + FE80_1
+        + FE80_2
+        + bytes.fromhex("bf000035000c124daa0000ff")
     )
     ptb = bytes.fromhex("02000fc9000005dc") + quoted
     msg = ICMPv6Message.parse(ptb, FE80_1, FE80_2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -11,7 +12,6 @@ from hypothesis import strategies as st
 from netstack.errors import ParseError
 from netstack.header.checksum import checksum
 from netstack.header.ipv4 import (
-    IPV4_MIN_HEADER_LEN,
     IPv4Header,
     build_options,
     is_fragment,
@@ -137,9 +137,7 @@ def test_arbitrary_v4_headers_raise_only_parse_error(data: bytes) -> None:
         assert hdr.options == packet[20 : hdr.header_length]
 
 
-def _raw(
-    vihl: int = 0x45, total: int = 20, extra: bytes = b"", fix_checksum: bool = True
-) -> bytes:
+def _raw(vihl: int = 0x45, total: int = 20, extra: bytes = b"", fix_checksum: bool = True) -> bytes:
     hdr = bytearray(
         bytes((vihl, 0)) + total.to_bytes(2, "big") + bytes(4) + bytes((64, 6, 0, 0)) + bytes(8)
     )
@@ -210,7 +208,7 @@ def test_build_options_round_trip(options: list[tuple[int, bytes]]) -> None:
         {"src": b"\x01\x02\x03"},
     ],
 )
-def test_build_rejects_bad_fields(change: dict[str, object]) -> None:
+def test_build_rejects_bad_fields(change: dict[str, Any]) -> None:
     hdr = dataclasses.replace(IPv4Header(bytes(4), bytes(4), IPPROTO_UDP), **change)
     with pytest.raises(ValueError):
         hdr.build(0)

@@ -37,9 +37,7 @@ from netstack.header.numbers import (
 addr6 = st.binary(min_size=16, max_size=16)
 # Upper-layer values where a walk stops: transports, No Next Header, ESP, unassigned.
 uppers = st.sampled_from([IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_NONE, IPPROTO_ESP, 253])
-tlv_options = st.lists(
-    st.tuples(st.integers(2, 255), st.binary(max_size=12)), max_size=4
-)
+tlv_options = st.lists(st.tuples(st.integers(2, 255), st.binary(max_size=12)), max_size=4)
 
 
 @st.composite
@@ -254,9 +252,7 @@ def test_arbitrary_bytes_raise_only_parse_error(data: bytes, nh: int, offset: in
 
 
 @given(tlv_options, st.sampled_from([2, 4, 8]), st.integers(0, 7))
-def test_tlv_options_round_trip(
-    options: list[tuple[int, bytes]], pad_to: int, prefix: int
-) -> None:
+def test_tlv_options_round_trip(options: list[tuple[int, bytes]], pad_to: int, prefix: int) -> None:
     data = build_tlv_options(options, pad_to=pad_to, prefix=prefix)
     assert (prefix + len(data)) % pad_to == 0
     assert parse_tlv_options(data) == options

@@ -129,6 +129,8 @@ class IPv4Header:
         except struct.error as exc:
             raise ValueError(f"IPv4 field out of range: {exc}") from exc
         # RFC 791 section 3.1: the checksum is computed with the checksum field zero.
+        if not n_opts:
+            return fixed[:10] + checksum(fixed).to_bytes(2, "big") + fixed[12:]
         header = bytearray(fixed)
         if n_opts:
             header += options

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from netstack.errors import ParseError
-from netstack.header.checksum import checksum, ones_sum, pseudo_header_sum, transport_checksum
+from netstack.header.checksum import checksum, pseudo_header_sum, transport_checksum
 from netstack.header.numbers import IPPROTO_UDP
 
 UDP_HEADER_LEN: Final = 8
@@ -73,13 +73,12 @@ def build_udp(
     length = UDP_HEADER_LEN + len(payload)
     if length > 0xFFFF:
         raise ValueError(f"UDP datagram too long: {length}")
-    try:
-        zeroed = _HEADER.pack(src_port, dst_port, length, 0)
-    except struct.error as exc:
-        raise ValueError(f"UDP port out of range: {exc}") from exc
-    # The header is 8 bytes (even), so summing it and the payload separately is exact.
-    partial = ones_sum(zeroed, pseudo_header_sum(src_addr, dst_addr, IPPROTO_UDP, length))
-    csum = checksum(payload, partial) or 0xFFFF
+    if not (0 <= src_port <= 0xFFFF and 0 <= dst_port <= 0xFFFF):
+        raise ValueError(f"UDP port out of range: {src_port}, {dst_port}")
+    # The header's words (ports, length, zero checksum) are added as integers: the sum is
+    # congruent modulo 0xFFFF, and the payload starts word-aligned after the 8-byte header.
+    initial = pseudo_header_sum(src_addr, dst_addr, IPPROTO_UDP, length)
+    csum = checksum(payload, initial + src_port + dst_port + length) or 0xFFFF
     return _HEADER.pack(src_port, dst_port, length, csum) + payload
 
 

@@ -51,6 +51,12 @@ _NDP_MLD = {
 }
 
 
+def _counter_name(names: dict[int, str], type_: int) -> str:
+    """Return a counter-friendly name for an ICMP type ("echo_request", "type_42")."""
+    name = names.get(type_)
+    return name.replace(" ", "_") if name else f"type_{type_}"
+
+
 class TokenBucket:
     """A token bucket on the stack's clock: ``rate`` tokens a second, at most ``burst`` saved."""
 
@@ -103,7 +109,7 @@ class ICMP:
         except ParseError as exc:
             c.inc("malformed." + exc.reason)
             return
-        c.inc(f"in.type_{msg.type}")
+        c.inc("in." + _counter_name(icmpv4.TYPE_NAMES, msg.type))
         if msg.type == icmpv4.ECHO_REQUEST:
             # RFC 1122 section 3.2.2.6: reply with the same identifier, sequence and data.
             reply = icmpv4.echo_reply_for(msg)
@@ -190,7 +196,7 @@ class ICMP:
         except StackError:
             c.inc("no_route")
             return False
-        c.inc(f"out.type_{type_}")
+        c.inc("out." + _counter_name(icmpv4.TYPE_NAMES, type_))
         return self.stack.ipv4.send(route, IPPROTO_ICMP, msg.build())
 
     # -- IPv6 ------------------------------------------------------------------------------
@@ -208,7 +214,7 @@ class ICMP:
             # Sent by the kernel on every fresh TUN (router solicitations, MLD reports).
             c.inc(f"ndp_mld.{kind}")
             return
-        c.inc(f"in.type_{msg.type}")
+        c.inc("in." + _counter_name(icmpv6.TYPE_NAMES, msg.type))
         if msg.type == icmpv6.ECHO_REQUEST:
             if ip.dst[0] == 0xFF:
                 # RFC 4443 section 4.2 allows answering multicast echo; we stay quiet.
@@ -305,7 +311,7 @@ class ICMP:
             return False
         quote = bytes(packet[: _V6_ERROR_LIMIT - IPV6_HEADER_LEN - 8])
         msg = icmpv6.ICMPv6Message(type_, code, rest, quote)
-        c.inc(f"out.type_{type_}")
+        c.inc("out." + _counter_name(icmpv6.TYPE_NAMES, type_))
         return self.stack.ipv6.send(route, IPPROTO_ICMPV6, msg.build(route.local, src))
 
     # -- helpers for transports ------------------------------------------------------------
