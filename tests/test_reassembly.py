@@ -63,7 +63,10 @@ def test_any_fragmentation_in_any_order_with_duplicates_reassembles_exactly(
     stack, link, clock, got = _listening(family)
     for f in frags:
         link.inject(f)
-    assert got == [payload]
+    # Exactly the payload, at least once. If a duplicate of every fragment arrives after the
+    # first copy completed, they form a second, identical datagram: IP does not deduplicate.
+    assert got and all(g == payload for g in got)
+    assert len(got) <= 1 + min(frags.count(f) - 1 for f in set(frags))
     # Duplicates that arrive after completion start a new partial datagram, which the timer
     # reclaims: nothing is held for good.
     clock.advance(61)
