@@ -1,0 +1,285 @@
+"""olm's settings: defaults, a TOML file, OLM_* environment variables and command-line flags.
+
+Precedence, highest first: command-line flags, then environment variables, then the TOML file,
+then the defaults. Every value is checked where it is read, and a :class:`ConfigError` names
+its source so the user can find it::
+
+    config.toml:7: field 'policy': must be one of sequential, race, round-robin
+    environment OLM_TIMEOUT: must be a number, not 'fast'
+    --max-inflight: must be at least 1
+
+The TOML file is flat: one key per setting, spelt like the field (``max_inflight = 512``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from olm.dns.upstream import (
+    Policy,
+    Upstream,
+    UpstreamConfigError,
+    parse_upstream,
+    resolv_conf_upstreams,
+)
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+_IFNAMSIZ = 16  # linux/if.h: interface names are at most 15 characters
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message starts with where it came from."""
+
+
+@dataclass(slots=True)
+class Settings:
+    """Every setting of olm, already checked."""
+
+    tun: str = "olm0"
+    addresses: list[str] = field(default_factory=lambda: ["10.30.30.30", "fd30:30:30::30"])
+    upstreams: list[str] = field(default_factory=list)
+    policy: str = Policy.SEQUENTIAL.value
+    timeout: float = 2.0
+    deadline: float = 5.0
+    max_inflight: int = 256
+    tcp_idle_timeout: float = 10.0
+    tcp_message_timeout: float = 5.0
+    tcp_max_connections: int = 64
+    tcp_max_inflight: int = 16
+    pcap: str | None = None
+    log_level: str = "INFO"
+    mtu: int = 1500
+
+    def upstream_list(self, resolv_conf: str | Path = "/etc/resolv.conf") -> list[Upstream]:
+        """Return the configured upstreams, or the nameservers of ``resolv_conf`` if none are.
+
+        The service addresses are never used as upstreams (the proxy would ask itself).
+        Raises :class:`ConfigError` when there is no usable upstream.
+        """
+        if self.upstreams:
+            own = {ipaddress.ip_address(a) for a in self.addresses}
+            chosen = [parse_upstream(text) for text in self.upstreams]
+            for upstream in chosen:
+                if upstream.address in own:
+                    raise ConfigError(f"upstreams: {upstream} is one of the service addresses")
+            return chosen
+        try:
+            return resolv_conf_upstreams(resolv_conf, exclude=self.addresses)
+        except UpstreamConfigError as exc:
+            raise ConfigError(f"upstreams: {exc}") from None
+
+
+# -- value checkers: each takes the raw value and returns the checked one or raises ValueError --
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {value!r}")
+    return value
+
+
+def _tun(value: Any) -> str:
+    name = _text(value)
+    if not name or len(name) >= _IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
+        raise ValueError(f"must be an interface name of 1 to {_IFNAMSIZ - 1} characters")
+    return name
+
+
+def _list(value: Any) -> list[str]:
+    if isinstance(value, str):  # environment and flags: comma-separated
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a list of strings, not {value!r}")
+    return list(value)
+
+
+def _addresses(value: Any) -> list[str]:
+    items = _list(value)
+    if not items:
+        raise ValueError("must name at least one address")
+    out = []
+    for item in items:
+        try:
+            out.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address") from None
+    return out
+
+
+def _upstreams(value: Any) -> list[str]:
+    items = _list(value)
+    for item in items:
+        try:
+            parse_upstream(item)
+        except UpstreamConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return items
+
+
+def _policy(value: Any) -> str:
+    text = _text(value)
+    choices = [p.value for p in Policy]
+    if text not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}")
+    return text
+
+
+def _number(low: float, value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"must be a number, not {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, not {value!r}")
+    if not value > low:
+        raise ValueError(f"must be greater than {low:g}")
+    return float(value)
+
+
+def _integer(low: int, high: int, value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ValueError(f"must be an integer, not {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer, not {value!r}")
+    if not low <= value <= high:
+        raise ValueError(
+            f"must be from {low} to {high}" if high < 2**31 else f"must be at least {low}"
+        )
+    return value
+
+
+def _seconds(value: Any) -> float:
+    return _number(0, value)
+
+
+def _count(value: Any) -> int:
+    return _integer(1, 2**31, value)
+
+
+def _mtu(value: Any) -> int:
+    return _integer(68, 65535, value)  # RFC 791 section 3.2: every IPv4 link carries 68 bytes
+
+
+def _optional_path(value: Any) -> str | None:
+    text = _text(value)
+    return text or None
+
+
+def _log_level(value: Any) -> str:
+    text = _text(value).upper()
+    if text not in _LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+    return text
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "tun": _tun,
+    "addresses": _addresses,
+    "upstreams": _upstreams,
+    "policy": _policy,
+    "timeout": _seconds,
+    "deadline": _seconds,
+    "max_inflight": _count,
+    "tcp_idle_timeout": _seconds,
+    "tcp_message_timeout": _seconds,
+    "tcp_max_connections": _count,
+    "tcp_max_inflight": _count,
+    "pcap": _optional_path,
+    "log_level": _log_level,
+    "mtu": _mtu,
+}
+assert set(_CHECKS) == {f.name for f in fields(Settings)}
+
+
+def flag_name(name: str) -> str:
+    """Return the command-line flag of a setting (``max_inflight`` -> ``--max-inflight``)."""
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    """Return the environment variable of a setting (``max_inflight`` -> ``OLM_MAX_INFLIGHT``)."""
+    return "OLM_" + name.upper()
+
+
+def _key_line(text: str, key: str) -> int | None:
+    """Return the 1-based line where ``key`` is assigned in TOML ``text``, if it can be found."""
+    pattern = re.compile(rf"""^\s*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*=""")
+    for number, line in enumerate(text.splitlines(), 1):
+        if pattern.match(line):
+            return number
+    return None
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    """Read and check the TOML file; errors are prefixed ``file:line:``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None  # carries "(at line L, column C)"
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        line = _key_line(text, key)
+        where = f"{path}:{line}" if line is not None else str(path)
+        check = _CHECKS.get(key)
+        if check is None:
+            known = ", ".join(_CHECKS)
+            raise ConfigError(f"{where}: unknown field {key!r} (known fields: {known})")
+        if isinstance(raw, str) and key in ("addresses", "upstreams"):
+            raise ConfigError(f"{where}: field {key!r}: must be a list of strings")
+        try:
+            values[key] = check(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: field {key!r}: {exc}") from None
+    return values
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Build the settings from the sources in order of precedence.
+
+    ``cli`` maps field names to flag values (None or absent: not given); string values are
+    parsed like environment values. ``environ`` is searched for ``OLM_<FIELD>`` variables
+    (pass ``os.environ``); ``config_file`` is a TOML file. Raises :class:`ConfigError`.
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_from_file(Path(config_file)))
+    for name, check in _CHECKS.items():
+        variable = env_name(name)
+        if environ is not None and variable in environ:
+            try:
+                values[name] = check(environ[variable])
+            except ValueError as exc:
+                raise ConfigError(f"environment {variable}: {exc}") from None
+    for name, raw in (cli or {}).items():
+        if raw is None:
+            continue
+        flag_check = _CHECKS.get(name)
+        if flag_check is None:
+            raise ConfigError(f"{flag_name(name)}: unknown setting")
+        try:
+            values[name] = flag_check(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{flag_name(name)}: {exc}") from None
+    return Settings(**values)

@@ -1,0 +1,207 @@
+"""FilteredDevice: sends packets for chosen destination addresses to handlers, the rest on.
+
+Between the TUN and the rest of the program sits a table of rules keyed by packed destination
+address (4 bytes for IPv4, 16 for IPv6; the lengths keep the families apart in one dict). A
+packet read from the TUN whose destination has a rule goes to that rule's handler; every other
+packet is "unclaimed" and goes to ``next_consumer`` (by default: dropped and counted). Packets
+written by the stack go straight to the TUN, bypassing the rules.
+
+Nothing here does I/O: the device is given the function that writes to the TUN and is fed the
+packets read from it, so it works the same over a real TUN and in tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+
+from netstack.counters import Counters
+from netstack.link import NetworkDispatcher
+
+__all__ = ["FilteredDevice", "RuleLink"]
+
+PacketHandler = Callable[[bytes], None]
+
+
+def _key(address: str) -> bytes:
+    """Pack an IPv4 or IPv6 address text into the rule table's key."""
+    return ipaddress.ip_address(address).packed
+
+
+class FilteredDevice:
+    """Dispatches inbound packets by destination address; writes bypass the rules.
+
+    Counters (under ``filter``): ``claimed``, ``unclaimed``, ``unclaimed_dropped`` (by the
+    default consumer), ``malformed.empty``, ``malformed.bad_version``, ``malformed.short_ipv4``,
+    ``malformed.short_ipv6``, ``written``.
+    """
+
+    __slots__ = ("_malformed", "_rules", "_write", "counters", "next_consumer")
+
+    def __init__(
+        self,
+        write: Callable[[list[bytes]], int],
+        *,
+        next_consumer: PacketHandler | None = None,
+        counters: Counters | None = None,
+    ) -> None:
+        self.counters = counters.child("filter") if counters is not None else Counters("filter")
+        self._malformed = self.counters.child("malformed")
+        self._write = write
+        self._rules: dict[bytes, PacketHandler] = {}
+        self.next_consumer: PacketHandler = (
+            next_consumer if next_consumer is not None else self._drop
+        )
+
+    # -- rules -----------------------------------------------------------------------------
+
+    def add_rule(self, address: str, handler: PacketHandler) -> None:
+        """Send every inbound packet addressed to ``address`` to ``handler``."""
+        key = _key(address)
+        if key in self._rules:
+            raise ValueError(f"{address} already has a rule")
+        self._rules[key] = handler
+
+    def remove_rule(self, address: str) -> None:
+        """Stop claiming packets for ``address`` (KeyError if it has no rule)."""
+        del self._rules[_key(address)]
+
+    @property
+    def addresses(self) -> list[str]:
+        """The addresses that have a rule, as text."""
+        return [str(ipaddress.ip_address(key)) for key in self._rules]
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    def filter(self, packets: Iterable[bytes]) -> list[bytes]:
+        """Give claimed packets to their handlers; return the unclaimed ones, in order.
+
+        The destination is read straight from the fixed header (IPv4 bytes 16-20, RFC 791
+        section 3.1; IPv6 bytes 24-40, RFC 8200 section 3) and nothing else is checked:
+        validation belongs to whoever gets the packet. A packet too short for its version's
+        header, or of no known version, is counted and returned as unclaimed.
+        """
+        rules = self._rules
+        unclaimed: list[bytes] = []
+        claimed = 0
+        for packet in packets:
+            n = len(packet)
+            if n == 0:
+                self._malformed.inc("empty")
+                unclaimed.append(packet)
+                continue
+            version = packet[0] >> 4
+            if version == 4:
+                if n < 20:
+                    self._malformed.inc("short_ipv4")
+                    unclaimed.append(packet)
+                    continue
+                handler = rules.get(packet[16:20])
+            elif version == 6:
+                if n < 40:
+                    self._malformed.inc("short_ipv6")
+                    unclaimed.append(packet)
+                    continue
+                handler = rules.get(packet[24:40])
+            else:
+                self._malformed.inc("bad_version")
+                unclaimed.append(packet)
+                continue
+            if handler is None:
+                unclaimed.append(packet)
+            else:
+                claimed += 1
+                handler(packet)
+        if claimed:
+            self.counters.inc("claimed", claimed)
+        if unclaimed:
+            self.counters.inc("unclaimed", len(unclaimed))
+        return unclaimed
+
+    def receive(self, packets: Iterable[bytes]) -> None:
+        """Filter a batch read from the TUN and pass each unclaimed packet to ``next_consumer``."""
+        consumer = self.next_consumer
+        for packet in self.filter(packets):
+            consumer(packet)
+
+    def _drop(self, packet: bytes) -> None:
+        """Drop an unclaimed packet (the default consumer)."""
+        self.counters.inc("unclaimed_dropped")
+
+    # -- outbound --------------------------------------------------------------------------
+
+    def write_packets(self, packets: Iterable[bytes]) -> int:
+        """Write packets to the TUN, bypassing the rules; return how many were accepted."""
+        batch = packets if isinstance(packets, list) else list(packets)
+        written = self._write(batch)
+        self.counters.inc("written", written)
+        return written
+
+    def stack_link(self, mtu: int, addresses: Iterable[str] = ()) -> RuleLink:
+        """Return a link endpoint for a stack NIC whose inbound packets are claimed ones.
+
+        A rule is added for each of ``addresses`` (more can point at :meth:`RuleLink.deliver`);
+        the link's writes go straight to the TUN, and closing it removes its rules.
+        """
+        link = RuleLink(self, mtu)
+        try:
+            for address in addresses:
+                link.claim(address)
+        except BaseException:
+            link.close()
+            raise
+        return link
+
+
+class RuleLink:
+    """A :class:`netstack.link.LinkEndpoint` behind the rules of a :class:`FilteredDevice`."""
+
+    __slots__ = ("_claimed", "_closed", "_device", "_dispatcher", "_mtu", "counters")
+
+    def __init__(self, device: FilteredDevice, mtu: int) -> None:
+        if mtu <= 0:
+            raise ValueError(f"mtu must be positive, not {mtu}")
+        self._device = device
+        self._mtu = mtu
+        self._dispatcher: NetworkDispatcher | None = None
+        self._claimed: list[str] = []
+        self._closed = False
+        self.counters = device.counters.child("link")
+
+    @property
+    def mtu(self) -> int:
+        """Largest IP packet, in bytes, the link carries."""
+        return self._mtu
+
+    def attach(self, dispatcher: NetworkDispatcher | None) -> None:
+        """Deliver claimed packets to ``dispatcher`` from now on (None detaches)."""
+        self._dispatcher = dispatcher
+
+    def claim(self, address: str) -> None:
+        """Add a rule sending packets for ``address`` to this link."""
+        self._device.add_rule(address, self.deliver)
+        self._claimed.append(address)
+
+    def deliver(self, packet: bytes) -> None:
+        """Take one claimed inbound packet into the attached stack (a rule handler)."""
+        dispatcher = self._dispatcher
+        if dispatcher is None or self._closed:
+            self.counters.inc("rx_dropped_detached")
+            return
+        dispatcher.deliver_network_packet(packet)
+
+    def write_packets(self, packets: Iterable[bytes]) -> int:
+        """Send the stack's packets to the TUN, bypassing the rules."""
+        if self._closed:
+            self.counters.inc("dropped_closed")
+            return 0
+        return self._device.write_packets(packets)
+
+    def close(self) -> None:
+        """Remove this link's rules; later writes are dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        for address in self._claimed:
+            self._device.remove_rule(address)
+        self._claimed.clear()

@@ -1,0 +1,240 @@
+"""DNS over TCP connections (RFC 7766), written against asyncio StreamReader/StreamWriter.
+
+One :class:`TcpServer` serves every connection of a listener: the kernel's
+``asyncio.start_server`` and netstack's TCP listener both hand it reader/writer pairs.
+Each connection may carry many length-prefixed queries (RFC 1035 section 4.2.2); they are
+read as they arrive, processed concurrently and answered in the order they complete (RFC 7766
+section 6.2.1.1), each reply written whole under a lock so replies never interleave.
+
+Bounds: concurrent connections (beyond: closed at once), queries in flight per connection
+(beyond: the connection is not read until one completes), the idle time with nothing in flight
+(RFC 7766 section 6.2.3), the time a started message may take to arrive completely, and the
+time a reply may take to be accepted by the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from netstack.counters import Counters
+
+__all__ = ["MessageHandler", "TcpServer"]
+
+log = logging.getLogger(__name__)
+
+#: Answers one DNS message; None means "no reply" (the message is dropped).
+MessageHandler = Callable[[bytes], Awaitable[bytes | None]]
+
+_MAX_MESSAGE: Final = 0xFFFF
+
+
+class TcpServer:
+    """Serves DNS-over-TCP connections with ``handler`` answering each message.
+
+    Counters (under the given node's ``tcp`` child): ``connections``, ``refused_connections``,
+    ``messages``, ``replies``, ``idle_timeout``, ``message_timeout``, ``write_timeout``,
+    ``eof_mid_message``, ``reset``, ``handler_error``, ``oversized_reply``.
+    """
+
+    def __init__(
+        self,
+        handler: MessageHandler,
+        *,
+        idle_timeout: float = 10.0,
+        message_timeout: float = 5.0,
+        max_connections: int = 64,
+        max_inflight: int = 16,
+        counters: Counters | None = None,
+    ) -> None:
+        if idle_timeout <= 0 or message_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        if max_connections < 1 or max_inflight < 1:
+            raise ValueError("bounds must be at least 1")
+        self.handler = handler
+        self.idle_timeout = idle_timeout
+        self.message_timeout = message_timeout
+        self.max_connections = max_connections
+        self.max_inflight = max_inflight
+        self.counters = (counters or Counters()).child("tcp")
+        self._connections: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    @property
+    def active(self) -> int:
+        """Number of connections being served now."""
+        return len(self._connections)
+
+    async def handle_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Serve one connection until the peer closes it or a timeout or bound ends it."""
+        if self._closing or len(self._connections) >= self.max_connections:
+            self.counters.inc("refused_connections")
+            writer.transport.abort()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        self.counters.inc("connections")
+        try:
+            await _Connection(self, reader, writer).run()
+        except asyncio.CancelledError:
+            # Cancelled by close(): end quietly, as asyncio's servers on Python 3.11 log a
+            # cancelled connection callback as an error.
+            if not self._closing:
+                raise
+        finally:
+            self._connections.discard(task)
+
+    async def close(self) -> None:
+        """Cancel every connection being served and wait for them; refuse new ones after."""
+        self._closing = True
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class _End(enum.Enum):
+    """How reading a connection ended."""
+
+    CLEAN = "clean"  # EOF or idle timeout: finish what is in flight, then close
+    ABORT = "abort"  # a message that did not complete in time: close at once
+
+
+class _Connection:
+    """The state of one served connection."""
+
+    def __init__(
+        self, server: TcpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.counters = server.counters
+        self.reader = reader
+        self.writer = writer
+        self.loop = asyncio.get_running_loop()
+        self.lock = asyncio.Lock()
+        self.slots = asyncio.Semaphore(server.max_inflight)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.last_activity = self.loop.time()
+
+    async def run(self) -> None:
+        """Read messages and spawn their answers; on EOF, finish what is in flight.
+
+        RFC 7766 section 6.2.4: a client may half-close after its last query and still
+        expect the replies, so an EOF waits for the outstanding answers.
+        """
+        graceful = False
+        try:
+            while True:
+                message = await self._read_message()
+                if isinstance(message, _End):
+                    graceful = message is _End.CLEAN
+                    break
+                await self.slots.acquire()
+                task = asyncio.ensure_future(self._answer(message))
+                self.tasks.add(task)
+                task.add_done_callback(self._finished)
+            if graceful and self.tasks:
+                await asyncio.wait(set(self.tasks))
+        except OSError:
+            self.counters.inc("reset")
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            if graceful:
+                self.writer.close()
+            else:
+                self.writer.transport.abort()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.slots.release()
+
+    async def _read_message(self) -> bytes | _End:
+        """Return the next message, or how the connection ends (EOF or idle, or an abort)."""
+        first = await self._first_byte()
+        if first is None:
+            return _End.CLEAN
+        reader = self.reader
+        try:
+            async with asyncio.timeout(self.server.message_timeout):
+                second = await reader.readexactly(1)
+                length = (first << 8) | second[0]
+                data = await reader.readexactly(length) if length else b""
+        except TimeoutError:
+            self.counters.inc("message_timeout")
+            return _End.ABORT
+        except asyncio.IncompleteReadError:
+            # The peer can send no more, but may still read: the message is lost, the
+            # queries before it are still answered.
+            self.counters.inc("eof_mid_message")
+            return _End.CLEAN
+        self.counters.inc("messages")
+        self.last_activity = self.loop.time()
+        return data
+
+    async def _first_byte(self) -> int | None:
+        """Wait for the first byte of a length prefix; None on EOF or idle timeout.
+
+        The idle clock (RFC 7766 section 6.2.3) runs only while no query of this connection
+        is in flight, from the later of the last message received and the last reply sent.
+        """
+        idle = self.server.idle_timeout
+        while True:
+            if self.tasks:
+                remaining = idle
+            else:
+                remaining = self.last_activity + idle - self.loop.time()
+                if remaining <= 0:
+                    self.counters.inc("idle_timeout")
+                    return None
+            try:
+                async with asyncio.timeout(remaining):
+                    byte = await self.reader.readexactly(1)
+            except TimeoutError:
+                continue
+            except asyncio.IncompleteReadError:
+                return None
+            return byte[0]
+
+    async def _answer(self, message: bytes) -> None:
+        """Answer one message and write the reply whole, under the connection's write lock."""
+        try:
+            reply = await self.server.handler(message)
+        except Exception:
+            self.counters.inc("handler_error")
+            log.exception("DNS-over-TCP handler failed")
+            return
+        if reply is None:
+            return
+        if len(reply) > _MAX_MESSAGE:
+            self.counters.inc("oversized_reply")
+            return
+        writer = self.writer
+        async with self.lock:
+            if writer.is_closing():
+                return
+            writer.write(len(reply).to_bytes(2, "big") + reply)
+            try:
+                async with asyncio.timeout(self.server.idle_timeout):
+                    await writer.drain()
+            except TimeoutError:
+                # A peer that does not read its replies: give up on the connection.
+                self.counters.inc("write_timeout")
+                writer.transport.abort()
+                return
+            except OSError:
+                self.counters.inc("reset")
+                return
+        self.counters.inc("replies")
+        self.last_activity = self.loop.time()

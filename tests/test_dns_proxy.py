@@ -1,0 +1,496 @@
+"""The proxy with real upstreams: in-process fake resolvers on 127.0.0.1, kernel sockets only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from dnslib import EDNS0, QTYPE, RCODE, RR, TXT, A, DNSRecord
+
+from netstack.counters import Counters
+from netstack.sockets import create_datagram_endpoint
+from olm.dns.message import Query, check_query
+from olm.dns.proxy import DnsProxy
+from olm.dns.upstream import (
+    Policy,
+    Resolver,
+    Upstream,
+    UpstreamConfigError,
+    UpstreamFailure,
+    parse_upstream,
+    resolv_conf_upstreams,
+)
+
+from stackutil import HOST4, STACK4, make_stack, udp_packet
+
+T = TypeVar("T")
+LOOPBACK = "127.0.0.1"
+Behaviour = Callable[[DNSRecord], list[tuple[float, bytes]]]
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    async def bounded() -> T:
+        async with asyncio.timeout(10):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+def answer(query: DNSRecord, ip: str = "192.0.2.1", *, qid: int | None = None) -> bytes:
+    reply = query.reply()
+    if qid is not None:
+        reply.header.id = qid
+    reply.add_answer(RR(query.q.qname, rdata=A(ip), ttl=60))
+    packed: bytes = reply.pack()
+    return packed
+
+
+def answers_with(ip: str, delay: float = 0.0) -> Behaviour:
+    return lambda q: [(delay, answer(q, ip))]
+
+
+def silent(q: DNSRecord) -> list[tuple[float, bytes]]:
+    return []
+
+
+class FakeUpstream(asyncio.DatagramProtocol):
+    """A UDP resolver on loopback whose replies (and their delays) a function chooses."""
+
+    def __init__(self, behave: Behaviour) -> None:
+        self.behave = behave
+        self.seen: list[DNSRecord] = []
+        self.sources: list[Any] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        query = DNSRecord.parse(data)
+        self.seen.append(query)
+        self.sources.append(addr)
+        loop = asyncio.get_running_loop()
+        assert self.transport is not None
+        for delay, reply in self.behave(query):
+            loop.call_later(delay, self.transport.sendto, reply, addr)
+
+
+async def start_fake(behave: Behaviour, port: int = 0) -> tuple[FakeUpstream, Upstream]:
+    loop = asyncio.get_running_loop()
+    transport, fake = await loop.create_datagram_endpoint(
+        lambda: FakeUpstream(behave), local_addr=(LOOPBACK, port)
+    )
+    return fake, Upstream(LOOPBACK, transport.get_extra_info("sockname")[1])
+
+
+def client_query(name: str = "www.example.com", *, edns: EDNS0 | None = None) -> bytes:
+    record = DNSRecord.question(name)
+    record.header.id = 0x4242
+    if edns is not None:
+        record.add_ar(edns)
+    packed: bytes = record.pack()
+    return packed
+
+
+def parsed_query(name: str = "www.example.com") -> Query:
+    query = check_query(client_query(name))
+    assert isinstance(query, Query)
+    return query
+
+
+def a_records(data: bytes | None) -> list[str]:
+    assert data is not None
+    return [str(rr.rdata) for rr in DNSRecord.parse(data).rr if rr.rtype == QTYPE.A]
+
+
+# -- upstream addresses and resolv.conf --------------------------------------------------------
+
+
+def test_parse_upstream_forms() -> None:
+    assert parse_upstream("192.0.2.1") == Upstream("192.0.2.1", 53)
+    assert parse_upstream("192.0.2.1:5353") == Upstream("192.0.2.1", 5353)
+    assert parse_upstream("[2001:db8::1]:853") == Upstream("2001:db8::1", 853)
+    assert parse_upstream("[2001:db8::1]") == Upstream("2001:db8::1", 53)
+    assert parse_upstream("2001:db8::1") == Upstream("2001:db8::1", 53)
+    assert str(Upstream("2001:db8::1", 5)) == "[2001:db8::1]:5"
+    for bad in ("dns.example", "192.0.2.1:0", "192.0.2.1:x", "[2001:db8::1", "[::1]x", ""):
+        with pytest.raises(UpstreamConfigError):
+            parse_upstream(bad)
+
+
+def test_resolv_conf_skips_service_addresses_and_junk(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(
+        "# comment\nsearch example\nnameserver 10.30.30.30\nnameserver bogus\n"
+        "nameserver 127.0.0.53\nnameserver fd30:30:30::30\nnameserver ::1\n"
+        "nameserver 127.0.0.53\noptions edns0\n"
+    )
+    got = resolv_conf_upstreams(conf, exclude=["10.30.30.30", "fd30:30:30::30"])
+    assert got == [Upstream("127.0.0.53"), Upstream("::1")]
+
+
+def test_resolv_conf_without_usable_nameserver_is_a_clear_error(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 10.30.30.30\n")
+    with pytest.raises(UpstreamConfigError, match=r"no usable nameserver in .*skipped: 10\.30"):
+        resolv_conf_upstreams(conf, exclude=["10.30.30.30"])
+    with pytest.raises(UpstreamConfigError, match="cannot be read"):
+        resolv_conf_upstreams(tmp_path / "missing")
+
+
+# -- policies ----------------------------------------------------------------------------------
+
+
+def test_sequential_fails_over_from_dead_to_second() -> None:
+    async def main() -> None:
+        dead, up_dead = await start_fake(silent)
+        live, up_live = await start_fake(answers_with("192.0.2.7"))
+        counters = Counters()
+        resolver = Resolver([up_dead, up_live], timeout=0.2, deadline=2, counters=counters)
+        record = await resolver.resolve(parsed_query())
+        assert [str(rr.rdata) for rr in record.rr] == ["192.0.2.7"]
+        assert len(dead.seen) == 1 and len(live.seen) == 1
+        assert counters.get("upstream.timeout") == 1
+        assert counters.get("upstream.answers") == 1
+
+    run(main())
+
+
+def test_refused_port_fails_over_quickly() -> None:
+    async def main() -> None:
+        # A port nobody listens on: the ICMP port unreachable ends the try at once.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((LOOPBACK, 0))
+        closed_port = sock.getsockname()[1]
+        sock.close()
+        _, up_live = await start_fake(answers_with("192.0.2.8"))
+        counters = Counters()
+        resolver = Resolver(
+            [Upstream(LOOPBACK, closed_port), up_live], timeout=5, deadline=8, counters=counters
+        )
+        record = await asyncio.wait_for(resolver.resolve(parsed_query()), 2)
+        assert str(record.rr[0].rdata) == "192.0.2.8"
+        assert counters.get("upstream.error") == 1
+
+    run(main())
+
+
+def test_servfail_from_upstream_fails_over() -> None:
+    def servfail(q: DNSRecord) -> list[tuple[float, bytes]]:
+        reply = q.reply()
+        reply.header.rcode = RCODE.SERVFAIL
+        return [(0, reply.pack())]
+
+    async def main() -> None:
+        _, bad = await start_fake(servfail)
+        _, good = await start_fake(answers_with("192.0.2.9"))
+        counters = Counters()
+        resolver = Resolver([bad, good], timeout=1, deadline=2, counters=counters)
+        record = await resolver.resolve(parsed_query())
+        assert str(record.rr[0].rdata) == "192.0.2.9"
+        assert counters.get("upstream.rcode_failure") == 1
+
+    run(main())
+
+
+def test_all_dead_gives_servfail_within_the_deadline() -> None:
+    async def main() -> None:
+        _, a = await start_fake(silent)
+        _, b = await start_fake(silent)
+        counters = Counters("dns")
+        resolver = Resolver([a, b], timeout=0.1, deadline=0.3, counters=counters)
+        proxy = DnsProxy(resolver, counters=counters)
+        reply = await asyncio.wait_for(proxy.handle(client_query()), 2)
+        assert reply is not None
+        record = DNSRecord.parse(reply)
+        assert record.header.rcode == RCODE.SERVFAIL and record.header.id == 0x4242
+        assert counters.get("servfail") == 1
+        assert counters.get("upstream.timeout") == 2
+        with pytest.raises(UpstreamFailure):
+            await Resolver([a], timeout=0.5, deadline=0.1).resolve(parsed_query())
+
+    run(main())
+
+
+def test_race_returns_the_fastest() -> None:
+    async def main() -> None:
+        _, slow = await start_fake(answers_with("192.0.2.1", delay=0.3))
+        _, fast = await start_fake(answers_with("192.0.2.2"))
+        race = Resolver([slow, fast], policy="race", timeout=1, deadline=2)
+        record = await race.resolve(parsed_query())
+        assert str(record.rr[0].rdata) == "192.0.2.2"
+        sequential = Resolver([slow, fast], policy=Policy.SEQUENTIAL, timeout=1, deadline=2)
+        record = await sequential.resolve(parsed_query())
+        assert str(record.rr[0].rdata) == "192.0.2.1"
+
+    run(main())
+
+
+def test_race_with_all_dead_fails() -> None:
+    async def main() -> None:
+        _, a = await start_fake(silent)
+        _, b = await start_fake(silent)
+        counters = Counters()
+        race = Resolver([a, b], policy="race", timeout=0.1, deadline=1, counters=counters)
+        with pytest.raises(UpstreamFailure, match="all_failed"):
+            await race.resolve(parsed_query())
+        assert counters.get("upstream.timeout") == 2
+
+    run(main())
+
+
+def test_round_robin_rotates() -> None:
+    async def main() -> None:
+        fakes = [await start_fake(answers_with(f"192.0.2.{i}")) for i in (1, 2, 3)]
+        resolver = Resolver([u for _, u in fakes], policy="round-robin", timeout=1, deadline=2)
+        got = [str((await resolver.resolve(parsed_query())).rr[0].rdata) for _ in range(4)]
+        assert got == ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.1"]
+        assert [len(f.seen) for f, _ in fakes] == [2, 1, 1]
+
+    run(main())
+
+
+# -- RFC 5452 ----------------------------------------------------------------------------------
+
+
+def test_spoofed_replies_are_ignored_and_the_real_one_used() -> None:
+    def spoofing(q: DNSRecord) -> list[tuple[float, bytes]]:
+        wrong_id = answer(q, "203.0.113.66", qid=(q.header.id + 1) & 0xFFFF)
+        other = DNSRecord.question("evil.example")
+        other.header.id = q.header.id
+        wrong_question = answer(other, "203.0.113.67")
+        not_a_response = bytearray(answer(q, "203.0.113.68"))
+        not_a_response[2] &= 0x7F  # clear QR
+        return [
+            (0, wrong_id),
+            (0.01, wrong_question),
+            (0.02, bytes(not_a_response)),
+            (0.03, b"\x00"),
+            (0.05, answer(q, "192.0.2.53")),
+        ]
+
+    async def main() -> None:
+        _, up = await start_fake(spoofing)
+        counters = Counters()
+        resolver = Resolver([up], timeout=1, deadline=2, counters=counters)
+        record = await resolver.resolve(parsed_query())
+        assert [str(rr.rdata) for rr in record.rr] == ["192.0.2.53"]
+        assert counters.get("upstream.spoofed_ignored") == 3
+        assert counters.get("upstream.malformed_ignored") == 1
+
+    run(main())
+
+
+def test_each_upstream_query_has_fresh_id_and_port_and_matches_case_insensitively() -> None:
+    def upper(q: DNSRecord) -> list[tuple[float, bytes]]:
+        shouted = DNSRecord.question(str(q.q.qname).upper())
+        shouted.header.id = q.header.id
+        return [(0, answer(shouted, "192.0.2.10"))]
+
+    async def main() -> None:
+        fake, up = await start_fake(upper)
+        resolver = Resolver([up], timeout=1, deadline=2)
+        for _ in range(8):
+            record = await resolver.resolve(parsed_query())
+            assert str(record.rr[0].rdata) == "192.0.2.10"
+        ids = {q.header.id for q in fake.seen}
+        ports = {addr[1] for addr in fake.sources}
+        # 8 draws from 2**16: a repeat is possible but (1 - 28/65536) says it is rare.
+        assert len(ids) >= 7 and len(ports) >= 7
+        assert 0x4242 not in ids or len(ids) == 8
+
+    run(main())
+
+
+# -- TC=1 from upstream: retry over TCP --------------------------------------------------------
+
+
+def big_answer(query: DNSRecord, records: int) -> bytes:
+    reply = query.reply()
+    for i in range(records):
+        reply.add_answer(RR(query.q.qname, QTYPE.TXT, rdata=TXT(f"{i:03d}" + "z" * 200)))
+    packed: bytes = reply.pack()
+    return packed
+
+
+async def start_tc_upstream(records: int) -> tuple[Upstream, asyncio.Server, list[int]]:
+    tcp_ids: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        (n,) = struct.unpack("!H", await reader.readexactly(2))
+        query = DNSRecord.parse(await reader.readexactly(n))
+        tcp_ids.append(query.header.id)
+        data = big_answer(query, records)
+        writer.write(struct.pack("!H", len(data)) + data)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+
+    def truncated(q: DNSRecord) -> list[tuple[float, bytes]]:
+        reply = q.reply()
+        reply.header.tc = 1
+        return [(0, reply.pack())]
+
+    await start_fake(truncated, port)
+    return Upstream(LOOPBACK, port), server, tcp_ids
+
+
+def test_truncated_udp_answer_is_retried_over_tcp() -> None:
+    async def main() -> None:
+        up, server, tcp_ids = await start_tc_upstream(records=12)
+        counters = Counters("dns")
+        proxy = DnsProxy(
+            Resolver([up], timeout=1, deadline=3, counters=counters), counters=counters
+        )
+        full = await proxy.handle(client_query(), tcp=True)
+        assert full is not None
+        full_record = DNSRecord.parse(full)
+        assert len(full_record.rr) == 12 and full_record.header.tc == 0
+        small = await proxy.handle(client_query())
+        assert small is not None and len(small) <= 512
+        cut = DNSRecord.parse(small)
+        assert cut.header.tc == 1 and cut.rr == [] and str(cut.q.qname) == "www.example.com."
+        roomy = await proxy.handle(client_query(edns=EDNS0(udp_len=4096)))
+        assert roomy is not None and len(DNSRecord.parse(roomy).rr) == 12
+        assert counters.get("upstream.tc_retry_tcp") == 3
+        assert counters.get("truncated") == 1
+        assert len(tcp_ids) == 3
+        server.close()
+
+    run(main())
+
+
+# -- the proxy ---------------------------------------------------------------------------------
+
+
+def test_inflight_bound_gives_refused() -> None:
+    async def main() -> None:
+        _, up = await start_fake(answers_with("192.0.2.1", delay=0.2))
+        counters = Counters("dns")
+        resolver = Resolver([up], timeout=1, deadline=2, counters=counters)
+        proxy = DnsProxy(resolver, max_inflight=2, counters=counters)
+        replies = await asyncio.gather(*(proxy.handle(client_query()) for _ in range(3)))
+        rcodes = [DNSRecord.parse(r).header.rcode for r in replies if r is not None]
+        assert rcodes == [RCODE.NOERROR, RCODE.NOERROR, RCODE.REFUSED]
+        assert counters.get("refused_inflight") == 1
+        assert proxy.inflight == 0
+
+    run(main())
+
+
+def test_udp_protocol_on_kernel_loopback() -> None:
+    async def main() -> None:
+        _, up = await start_fake(answers_with("192.0.2.77"))
+        counters = Counters("dns")
+        proxy = DnsProxy(
+            Resolver([up], timeout=1, deadline=2, counters=counters), counters=counters
+        )
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            proxy.datagram_protocol, local_addr=(LOOPBACK, 0)
+        )
+        server = transport.get_extra_info("sockname")
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                got.put_nowait(data)
+
+        client, _ = await loop.create_datagram_endpoint(Client, remote_addr=server)
+        client.sendto(client_query())
+        assert a_records(await got.get()) == ["192.0.2.77"]
+        client.sendto(b"\x00\x07" + b"\x01\x00\x00\x01" + bytes(6) + b"\x3f")  # bad question
+        formerr = DNSRecord.parse(await got.get())
+        assert formerr.header.rcode == RCODE.FORMERR and formerr.header.id == 7
+        client.sendto(b"\x01")  # unreadable: no reply, counted
+        client.sendto(client_query("second.example"))
+        assert a_records(await got.get()) == ["192.0.2.77"]
+        assert counters.get("queries.udp") == 4
+        assert counters.get("dropped.unreadable") == 1
+        assert counters.get("formerr") == 1
+        assert counters.get("answered") == 2
+        client.close()
+        transport.close()
+        await proxy.close()
+
+    run(main())
+
+
+def test_tcp_connection_on_kernel_loopback() -> None:
+    async def main() -> None:
+        _, up = await start_fake(answers_with("192.0.2.88"))
+        counters = Counters("dns")
+        proxy = DnsProxy(
+            Resolver([up], timeout=1, deadline=2, counters=counters), counters=counters
+        )
+        server = await asyncio.start_server(proxy.handle_tcp_connection, LOOPBACK, 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        for name in ("a.example", "b.example"):
+            data = client_query(name)
+            writer.write(struct.pack("!H", len(data)) + data)
+        replies = set()
+        for _ in range(2):
+            (n,) = struct.unpack("!H", await reader.readexactly(2))
+            record = DNSRecord.parse(await reader.readexactly(n))
+            assert [str(rr.rdata) for rr in record.rr] == ["192.0.2.88"]
+            replies.add(str(record.q.qname))
+        assert replies == {"a.example.", "b.example."}
+        assert counters.get("queries.tcp") == 2
+        writer.close()
+        await proxy.close()
+        server.close()
+
+    run(main())
+
+
+def test_logs_hold_no_query_names_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        _, dead = await start_fake(silent)
+        _, live = await start_fake(answers_with("192.0.2.1"))
+        proxy = DnsProxy(Resolver([dead, live], timeout=0.1, deadline=1))
+        await proxy.handle(client_query("secret-name.example"))
+        proxy_dead = DnsProxy(Resolver([dead], timeout=0.1, deadline=0.5))
+        await proxy_dead.handle(client_query("secret-name.example"))
+
+    with caplog.at_level(logging.INFO, logger="olm"):
+        run(main())
+    assert "SERVFAIL" in caplog.text and "no answer" in caplog.text
+    assert "secret-name" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="olm"):
+        run(main())
+    assert "secret-name" in caplog.text
+
+
+def test_udp_protocol_on_netstack() -> None:
+    async def main() -> None:
+        _, up = await start_fake(silent)
+        stack, link, _ = make_stack()
+        counters = Counters("dns")
+        resolver = Resolver([up], timeout=0.05, deadline=0.1, counters=counters)
+        proxy = DnsProxy(resolver, counters=counters)
+        await create_datagram_endpoint(stack, proxy.datagram_protocol, local_addr=(STACK4, 53))
+        update = DNSRecord.question("x.example")
+        update.header.opcode, update.header.id = 5, 99
+        link.inject(udp_packet(HOST4, STACK4, 4000, 53, bytes(update.pack())))
+        (out,) = link.drain()  # answered synchronously, inside the receive path
+        notimp = DNSRecord.parse(out[28:])
+        assert notimp.header.rcode == RCODE.NOTIMP and notimp.header.id == 99
+        link.inject(udp_packet(HOST4, STACK4, 4000, 53, client_query()))
+        assert link.drain() == []
+        while counters.get("servfail") == 0:
+            await asyncio.sleep(0.02)
+        (out,) = link.drain()
+        assert DNSRecord.parse(out[28:]).header.rcode == RCODE.SERVFAIL
+        await proxy.close()
+
+    run(main())
