@@ -300,3 +300,6 @@ async def create_datagram_endpoint(
         raise _os_error(exc) from exc
     protocol.connection_made(transport)
     return transport, protocol
+
+
+from netstack.transport.tcp.streams import Server, open_connection, start_server  # noqa: E402, F401

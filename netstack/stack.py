@@ -253,6 +253,7 @@ class Stack:
         from netstack.network.icmp import ICMP
         from netstack.network.ipv4 import IPv4Protocol
         from netstack.network.ipv6 import IPv6Protocol
+        from netstack.transport.tcp.protocol import TCPProtocol
         from netstack.transport.udp import UDPProtocol
 
         self.clock = clock
@@ -272,6 +273,8 @@ class Stack:
         self.ipv6: IPv6Protocol = IPv6Protocol(self)
         self.udp: UDPProtocol = UDPProtocol(self)
         self.register_transport(self.udp)
+        self.tcp: TCPProtocol = TCPProtocol(self)
+        self.register_transport(self.tcp)
 
     # -- configuration -------------------------------------------------------------------
 
