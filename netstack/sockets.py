@@ -1,5 +1,8 @@
 """The socket-like API over the stack (gVisor's gonet, shaped for asyncio).
 
+TCP: :func:`start_server` and :func:`open_connection` work like their asyncio namesakes and
+give the standard library's own ``StreamReader``/``StreamWriter`` (netstack/transport/tcp).
+
 Two ways to use UDP:
 
 * :class:`UDPSocket`: ``bind``/``connect``/``sendto`` and awaitable ``recvfrom``, with a bounded
@@ -24,7 +27,17 @@ from typing import Any, TypeVar
 from netstack.errors import StackError
 from netstack.ports import unspecified
 from netstack.stack import Control, Stack, format_address, parse_address
+from netstack.transport.tcp.streams import Server, open_connection, start_server
 from netstack.transport.udp import UDPEndpoint
+
+__all__ = [
+    "Server",
+    "StackDatagramTransport",
+    "UDPSocket",
+    "create_datagram_endpoint",
+    "open_connection",
+    "start_server",
+]
 
 Address = tuple[str, int]
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
@@ -300,6 +313,3 @@ async def create_datagram_endpoint(
         raise _os_error(exc) from exc
     protocol.connection_made(transport)
     return transport, protocol
-
-
-from netstack.transport.tcp.streams import Server, open_connection, start_server  # noqa: E402, F401

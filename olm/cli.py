@@ -1,4 +1,4 @@
-"""The ``olm`` command line: ``olm stack`` (a netstack on a TUN) and more as they land."""
+"""The ``olm`` command line: ``up`` (the DNS proxy), ``demo``, ``stack`` (netstack on a TUN)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,10 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from olm.device import DeviceError
 from olm.privilege import require_net_admin
-
-
-class EchoProtocol(asyncio.DatagramProtocol):
-    """Sends every datagram back to where it came from (RFC 862 over UDP)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Keep the transport to answer on."""
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Echo ``data`` to ``addr``."""
-        if self.transport is not None:
-            self.transport.sendto(data, addr)
 
 
 def _port(text: str) -> int:
@@ -51,16 +35,103 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--mtu", type=int, default=1500, help="TUN MTU (default: 1500)")
     st.add_argument("--udp-echo", type=_port, metavar="PORT", help="serve UDP echo on PORT")
+    st.add_argument("--tcp-echo", type=_port, metavar="PORT", help="serve TCP echo on PORT")
+    st.add_argument("--tcp-discard", type=_port, metavar="PORT", help="serve TCP discard on PORT")
     st.add_argument("--pcap", metavar="FILE", help="write every packet to a pcap file")
     st.add_argument("--trace", action="store_true", help="print one line per packet")
     st.add_argument("--stats", action="store_true", help="print the counters on exit")
+
+    demo = sub.add_parser("demo", help="the DNS proxy end to end in memory: no root, no network")
+    demo.add_argument("--quiet", action="store_true", help="do not print the packet walk")
+
+    up = sub.add_parser("up", help="run the virtual DNS proxy on a TUN device")
+    up.add_argument("--config", metavar="FILE", help="TOML settings file")
+    up.add_argument("--tun", help="TUN device name (default: olm0)")
+    up.add_argument(
+        "--address",
+        action="append",
+        dest="addresses",
+        metavar="IP",
+        help="service address (repeatable; default 10.30.30.30 and fd30:30:30::30)",
+    )
+    up.add_argument(
+        "--upstream",
+        action="append",
+        dest="upstreams",
+        metavar="HOST[:PORT]",
+        help="upstream resolver (repeatable; default: the nameservers of /etc/resolv.conf)",
+    )
+    up.add_argument("--policy", choices=["sequential", "race", "round-robin"])
+    up.add_argument("--timeout", type=float, metavar="SECONDS", help="per-try upstream timeout")
+    up.add_argument("--deadline", type=float, metavar="SECONDS", help="overall upstream deadline")
+    up.add_argument("--mtu", type=int, help="TUN MTU (default: 1500)")
+    up.add_argument("--pcap", metavar="FILE", help="write every packet on the TUN to a pcap file")
+    up.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    up.add_argument(
+        "--resolv-conf", default="/etc/resolv.conf", help=argparse.SUPPRESS
+    )  # for tests: where default upstreams come from
+    up.add_argument("--stats", action="store_true", help="print the counters on exit")
     return parser
+
+
+_UP_FIELDS = (
+    "tun",
+    "addresses",
+    "upstreams",
+    "policy",
+    "timeout",
+    "deadline",
+    "mtu",
+    "pcap",
+    "log_level",
+)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """Load the settings, then run the daemon until SIGINT/SIGTERM."""
+    import logging
+    import os
+
+    from olm.config import ConfigError, load_settings
+    from olm.daemon import Daemon, StartupError
+
+    cli = {name: getattr(args, name) for name in _UP_FIELDS}
+
+    def load() -> Any:
+        return load_settings(cli, os.environ, args.config)
+
+    try:
+        settings = load()
+    except ConfigError as exc:
+        print(f"olm: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="olm: %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    require_net_admin(f"creating TUN device {settings.tun}")
+    daemon = Daemon(settings, reload_settings=load, resolv_conf=args.resolv_conf)
+    try:
+        status = asyncio.run(daemon.run())
+    except StartupError as exc:
+        print(f"olm: {exc}", file=sys.stderr)
+        return 1
+    except DeviceError as exc:
+        print(f"olm: {exc}", file=sys.stderr)
+        return 2 if exc.is_permission_error else 1
+    if args.stats and daemon.stack is not None:
+        for name, value in daemon.stack.counters.items():
+            print(f"{name} {value}", file=sys.stderr)
+    print("olm: stopped", flush=True)
+    return status
 
 
 async def run_stack(args: argparse.Namespace) -> int:
     """Serve a stack on a TUN until SIGINT or SIGTERM; return the exit status."""
-    from netstack.sockets import create_datagram_endpoint
+    from netstack.sockets import create_datagram_endpoint, start_server
     from olm.runtime import TunStack, TunStackConfig
+    from olm.services import EchoProtocol, tcp_discard, tcp_echo
 
     config = TunStackConfig(
         tun=args.tun,
@@ -76,22 +147,32 @@ async def run_stack(args: argparse.Namespace) -> int:
     async with TunStack(config) as running:
         stack = running.stack
         assert stack is not None
-        services = []
-        if args.udp_echo:
-            families = {":" in a for a in config.addresses}
-            for wildcard in [h for h, v6 in (("0.0.0.0", False), ("::", True)) if v6 in families]:
+        wildcards = [
+            host
+            for host, v6 in (("0.0.0.0", False), ("::", True))
+            if v6 in {":" in a for a in config.addresses}
+        ]
+        closers: list[Any] = []
+        extra = ""
+        for wildcard in wildcards:
+            if args.udp_echo:
                 transport, _ = await create_datagram_endpoint(
                     stack, EchoProtocol, local_addr=(wildcard, args.udp_echo)
                 )
-                services.append(transport)
-        extra = f" udp-echo={args.udp_echo}" if args.udp_echo else ""
+                closers.append(transport)
+            for port, handler in ((args.tcp_echo, tcp_echo), (args.tcp_discard, tcp_discard)):
+                if port:
+                    closers.append(await start_server(stack, handler, wildcard, port))
+        for name in ("udp_echo", "tcp_echo", "tcp_discard"):
+            if getattr(args, name):
+                extra += f" {name.replace('_', '-')}={getattr(args, name)}"
         print(
             f"olm stack: ready on {config.tun} ({', '.join(config.addresses)}){extra}",
             flush=True,
         )
         await stop.wait()
-        for transport in services:
-            transport.close()
+        for closer in closers:
+            closer.close()
         if args.stats:
             for name, value in stack.counters.items():
                 print(f"{name} {value}", file=sys.stderr)
@@ -102,6 +183,12 @@ async def run_stack(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``olm`` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "up":
+        return run_up(args)
+    if args.command == "demo":
+        from olm.demo import main as demo_main
+
+        return demo_main(trace=not args.quiet)
     if args.command == "stack":
         require_net_admin(f"creating TUN device {args.tun}")
         try:

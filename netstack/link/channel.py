@@ -7,6 +7,7 @@ stacks can talk to each other inside one process, driven step by step (no thread
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -185,3 +186,34 @@ class Wire:
                     moved += len(batch)
                     dst.inject_many(batch)
         return moved
+
+
+class LoopWire:
+    """Joins two channels on an asyncio loop: packets cross as soon as the loop runs.
+
+    Each write schedules one :meth:`Wire.pump` with ``loop.call_soon`` (writes in the same loop
+    iteration share it), so neither side calls into the other from inside its own send path.
+    """
+
+    __slots__ = ("_loop", "_scheduled", "wire")
+
+    def __init__(
+        self,
+        a: ChannelEndpoint,
+        b: ChannelEndpoint,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.wire = Wire(a, b)
+        self._loop = loop or asyncio.get_running_loop()
+        self._scheduled = False
+        a.on_write = self._schedule
+        b.on_write = self._schedule
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._scheduled = False
+        self.wire.pump()

@@ -124,6 +124,10 @@ class FilteredDevice:
         for packet in self.filter(packets):
             consumer(packet)
 
+    def deliver_network_packet(self, packet: bytes) -> None:
+        """Take one packet read from the TUN (the device is the TUN link's dispatcher)."""
+        self.receive((packet,))
+
     def _drop(self, packet: bytes) -> None:
         """Drop an unclaimed packet (the default consumer)."""
         self.counters.inc("unclaimed_dropped")

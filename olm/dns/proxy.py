@@ -67,6 +67,7 @@ class DnsProxy:
         self._dropped = self.counters.child("dropped")
         self.inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self.tcp = TcpServer(
             self.handle_tcp_message,
             idle_timeout=tcp_idle_timeout,
@@ -138,7 +139,7 @@ class DnsProxy:
         try:
             return await self._resolve(admitted, limit)
         finally:
-            self.inflight -= 1
+            self._release()
 
     async def handle_tcp_message(self, data: bytes) -> bytes | None:
         """Answer one message received over TCP (the full answer, up to 65535 bytes)."""
@@ -169,7 +170,7 @@ class DnsProxy:
         # Decrement here, not in the coroutine: a task cancelled before it starts never runs
         # its finally clause.
         self._tasks.discard(task)
-        self.inflight -= 1
+        self._release()
         if not task.cancelled() and task.exception() is not None:
             self.counters.inc("internal_error")
             log.error("DNS query task failed", exc_info=task.exception())
@@ -185,6 +186,27 @@ class DnsProxy:
     ) -> None:
         """Serve one DNS-over-TCP connection (the callback for ``start_server``)."""
         await self.tcp.handle_connection(reader, writer)
+
+    def _release(self) -> None:
+        """One admitted query is finished; wake :meth:`drain` when none is left."""
+        self.inflight -= 1
+        if self.inflight == 0:
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle_waiters.clear()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no admitted query is in flight; return False if ``timeout`` ran out."""
+        if self.inflight == 0:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         """Cancel every query in progress and every TCP connection, and wait for them."""

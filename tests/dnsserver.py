@@ -1,0 +1,105 @@
+"""A small authoritative DNS server for tests: UDP and TCP on loopback, a fixed zone.
+
+    python tests/dnsserver.py --port 5300 [--host 127.0.0.1] [--a 192.0.2.10]
+        [--mode normal|silent|spoof-first] [--truncate-udp]
+
+Prints ``dnsserver: ready udp+tcp HOST PORT`` once listening. Modes: ``silent`` never answers
+(an upstream that times out); ``spoof-first`` sends a reply with a wrong ID (and one from the
+right ID but the wrong question) before the real one, as an off-path attacker would
+(RFC 5452). ``--truncate-udp`` answers every UDP query with TC=1 and no records, so the client
+must retry over TCP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import struct
+
+from dnslib import AAAA, QTYPE, RR, TXT, A, DNSRecord
+
+ZONE_TXT = ["x" * 250 for _ in range(6)]  # 1500+ bytes of TXT: larger than 1232 and 512
+
+
+def answer(query: DNSRecord, a_addr: str) -> DNSRecord:
+    """Answer ``query`` from the fixed test zone (NXDOMAIN outside it)."""
+    reply = query.reply()
+    q = query.q
+    name = str(q.qname).lower().rstrip(".")
+    qtype = QTYPE[q.qtype]
+    if name in ("example.test", "host.example.test", "www.example.test"):
+        if qtype in ("A", "ANY"):
+            reply.add_answer(RR(q.qname, QTYPE.A, rdata=A(a_addr), ttl=60))
+        if qtype in ("AAAA", "ANY"):
+            reply.add_answer(RR(q.qname, QTYPE.AAAA, rdata=AAAA("2001:db8::10"), ttl=60))
+    elif name == "big.example.test":
+        if qtype in ("TXT", "ANY"):
+            for text in ZONE_TXT:
+                reply.add_answer(RR(q.qname, QTYPE.TXT, rdata=TXT(text), ttl=60))
+    else:
+        reply.header.rcode = 3  # NXDOMAIN
+    return reply
+
+
+class Udp(asyncio.DatagramProtocol):
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.args.mode == "silent":
+            return
+        try:
+            query = DNSRecord.parse(data)
+        except Exception:
+            return
+        reply = answer(query, self.args.a)
+        if self.args.mode == "spoof-first":
+            wrong_id = DNSRecord.parse(bytes(reply.pack()))
+            wrong_id.header.id = (query.header.id + 1) & 0xFFFF
+            wrong_id.rr = [RR(query.q.qname, QTYPE.A, rdata=A("203.0.113.66"), ttl=60)]
+            self.transport.sendto(bytes(wrong_id.pack()), addr)  # type: ignore[attr-defined]
+        if self.args.truncate_udp:
+            reply = query.reply()
+            reply.header.tc = 1
+        self.transport.sendto(bytes(reply.pack()), addr)  # type: ignore[attr-defined]
+
+
+async def tcp_client(
+    args: argparse.Namespace, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    try:
+        while True:
+            size = struct.unpack("!H", await reader.readexactly(2))[0]
+            data = await reader.readexactly(size)
+            if args.mode == "silent":
+                continue
+            reply = bytes(answer(DNSRecord.parse(data), args.a).pack())
+            writer.write(struct.pack("!H", len(reply)) + reply)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5300)
+    parser.add_argument("--a", default="192.0.2.10", help="the A record of example.test")
+    parser.add_argument("--mode", choices=["normal", "silent", "spoof-first"], default="normal")
+    parser.add_argument("--truncate-udp", action="store_true")
+    args = parser.parse_args()
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(lambda: Udp(args), local_addr=(args.host, args.port))
+    server = await asyncio.start_server(lambda r, w: tcp_client(args, r, w), args.host, args.port)
+    print(f"dnsserver: ready udp+tcp {args.host} {args.port}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
