@@ -304,3 +304,71 @@ def test_bad_config_names_file_line_and_field(netns: NetNS, tmp_path: Path) -> N
     )
     assert done.returncode == 2
     assert f"{config}:3" in done.stderr and "policy" in done.stderr, done.stderr
+
+
+CLOSED_PORTS = r"""
+import socket
+result = []
+for family, host in ((socket.AF_INET, "%(v4)s"), (socket.AF_INET6, "%(v6)s")):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect((host, 80))
+        result.append("connected")
+    except ConnectionRefusedError:
+        result.append("refused")
+    except OSError as exc:
+        result.append(type(exc).__name__)
+    u = socket.socket(family, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    u.connect((host, 54))
+    u.send(b"x")
+    try:
+        u.recv(10)
+        result.append("answered")
+    except ConnectionRefusedError:
+        result.append("refused")
+    except OSError as exc:
+        result.append(type(exc).__name__)
+print(" ".join(result))
+"""
+
+
+def test_every_packet_to_the_service_address_reaches_the_stack(
+    netns: NetNS, olm_up: UpFactory
+) -> None:
+    """TCP to a closed port gets RST, UDP to a closed port gets ICMP port unreachable."""
+    start_upstream(netns, 5300)
+    up = olm_up("--upstream", "127.0.0.1:5300")
+    out = netns.python(CLOSED_PORTS % {"v4": V4, "v6": V6}).stdout.split()
+    assert out == ["refused"] * 4
+    _, _, err = up.stop()
+    counters = counters_from(err)
+    assert counters["udp.no_port"] == 2
+    assert counters["tcp.rst.sent"] >= 2
+
+
+def test_default_upstreams_come_from_resolv_conf_skipping_the_proxy(
+    netns: NetNS, olm_up: UpFactory
+) -> None:
+    start_upstream(netns, 5300)
+    etc = Path("/etc/netns") / netns.name
+    etc.mkdir(parents=True, exist_ok=True)
+    try:
+        # Only the proxy itself: no usable upstream is a startup error naming the file.
+        (etc / "resolv.conf").write_text(f"nameserver {V4}\n")
+        done = netns.run(
+            [sys.executable, "-m", "olm", "up", "--tun", "olmdns2"], check=False, env=python_env()
+        )
+        assert done.returncode == 1
+        assert "resolv.conf" in done.stderr, done.stderr
+        assert "olmdns2" not in netns.run(["ip", "link", "show"]).stdout
+        # The proxy's address is skipped, 127.0.0.1 is used. Port 53 is fixed in resolv.conf,
+        # so a second upstream answers there.
+        start_upstream(netns, 53)
+        (etc / "resolv.conf").write_text(f"nameserver {V4}\nnameserver 127.0.0.1\n")
+        up = olm_up()
+        assert "upstreams 127.0.0.1:53" in up.lines[-1]
+        assert short(netns, f"@{V4}", "example.test", "A") == ["192.0.2.10"]
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
