@@ -9,14 +9,11 @@ any TUN-based DNS answer can cost in Python. Run as root; stops on SIGTERM/SIGIN
 from __future__ import annotations
 
 import argparse
-import os
-import select
-import signal
 import struct
 
+from bare_tun import serve
+
 from netstack.header.checksum import checksum, pseudo_header_sum
-from olm.device.netconfig import configure_tun, default_host_address
-from olm.device.tun import open_tun
 
 # Answer: pointer to the question name (0xC00C), type A, class IN, TTL 60, 4 bytes of address.
 _ANSWER = struct.pack("!HHHIH4s", 0xC00C, 1, 1, 60, 4, bytes([192, 0, 2, 10]))
@@ -54,34 +51,7 @@ def main() -> None:
     parser.add_argument("--tun", default="bare0")
     parser.add_argument("--address", default="10.30.30.30")
     args = parser.parse_args()
-    dev = open_tun(args.tun, 1500)
-    net = configure_tun(
-        dev.name,
-        mtu=1500,
-        host_addresses=[default_host_address(args.address)],
-        service_addresses=[args.address],
-    )
-    stop = False
-
-    def on_signal(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    fd = dev.fd
-    print("bare dns: ready", flush=True)
-    while not stop:
-        try:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-        except InterruptedError:
-            continue
-        if ready:
-            out = answer(os.read(fd, 65535))
-            if out is not None:
-                os.write(fd, out)
-    net.undo()
-    dev.close()
+    serve(args.tun, [args.address], answer, "bare dns")
 
 
 if __name__ == "__main__":

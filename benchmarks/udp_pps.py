@@ -26,6 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bare_tun_echo import bare_echo
+
 from netstack.clock import ManualClock
 from netstack.header.ipv4 import IPv4Header
 from netstack.header.ipv6 import IPv6Header
@@ -43,28 +45,6 @@ def _packet(src: str, dst: str, size: int) -> bytes:
     if len(s) == 4:
         return IPv4Header(src=s, dst=d, protocol=17).pack(datagram)
     return IPv6Header(src=s, dst=d, next_header=17).pack(datagram)
-
-
-def bare_echo(pkt: bytes, port: bytes = b"\x00\x07") -> bytes | None:
-    """The baseline responder (same logic as bare_tun_echo.py)."""
-    version = pkt[0] >> 4
-    if version == 4 and pkt[9] == 17:
-        ihl = (pkt[0] & 15) * 4
-        if pkt[ihl + 2 : ihl + 4] != port:
-            return None
-        return (
-            pkt[:12]
-            + pkt[16:20]
-            + pkt[12:16]
-            + pkt[ihl + 2 : ihl + 4]
-            + pkt[ihl : ihl + 2]
-            + pkt[ihl + 4 :]
-        )
-    if version == 6 and pkt[6] == 17:
-        if pkt[42:44] != port:
-            return None
-        return pkt[:8] + pkt[24:40] + pkt[8:24] + pkt[42:44] + pkt[40:42] + pkt[44:]
-    return None
 
 
 class _Echo(asyncio.DatagramProtocol):
