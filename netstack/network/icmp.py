@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 # RFC 1122 section 3.2.2: quote the IP header and at least 8 octets; RFC 1812 4.3.2.3 allows
 # as much as fits in 576 octets. RFC 4443 section 2.4(c): as much as fits in the minimum MTU.
 _V4_ERROR_LIMIT = 576
+_UNSPECIFIED6 = bytes(16)
 _V6_ERROR_LIMIT = 1280
 
 _V4_UNREACH = {
@@ -49,6 +50,25 @@ _NDP_MLD = {
     icmpv6.NEIGHBOR_ADVERTISEMENT: "neighbor_advertisement",
     icmpv6.REDIRECT: "redirect",
 }
+
+
+def _carries_icmpv6_error(packet: bytes) -> bool:
+    """Tell whether an IPv6 packet carries an ICMPv6 error message (RFC 4443 2.4(e.1)).
+
+    The extension headers are walked: the message may sit behind any of them. A packet whose
+    chain does not parse is judged by the fixed header's Next Header alone; a non-initial
+    fragment carries no message header to judge.
+    """
+    offset = IPV6_HEADER_LEN
+    try:
+        chain = walk_extensions(packet, packet[6], IPV6_HEADER_LEN)
+    except ParseError:
+        proto = packet[6]
+    else:
+        if chain.fragment is not None and chain.fragment.offset:
+            return False
+        proto, offset = chain.upper_protocol, chain.upper_offset
+    return proto == IPPROTO_ICMPV6 and len(packet) > offset and packet[offset] < 128
 
 
 def _counter_name(names: dict[int, str], type_: int) -> str:
@@ -214,6 +234,11 @@ class ICMP:
             # Sent by the kernel on every fresh TUN (router solicitations, MLD reports).
             c.inc(f"ndp_mld.{kind}")
             return
+        if ip.src == _UNSPECIFIED6:
+            # RFC 4291 section 2.5.2: nothing but NDP and MLD comes from ::, and no answer
+            # can go to it.
+            c.inc("unspecified_source")
+            return
         c.inc("in." + _counter_name(icmpv6.TYPE_NAMES, msg.type))
         if msg.type == icmpv6.ECHO_REQUEST:
             if ip.dst[0] == 0xFF:
@@ -290,11 +315,7 @@ class ICMP:
         ):
             c.inc("error_suppressed.multicast")
             return False
-        if (
-            packet[6] == IPPROTO_ICMPV6
-            and len(packet) > IPV6_HEADER_LEN
-            and packet[IPV6_HEADER_LEN] < 128
-        ):
+        if _carries_icmpv6_error(packet):
             c.inc("error_suppressed.icmp_error")
             return False
         if not self._bucket_v6.take(self.stack.clock.now()):

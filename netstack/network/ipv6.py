@@ -34,6 +34,7 @@ from netstack.network.fragment import Reassembler
 if TYPE_CHECKING:
     from netstack.stack import NIC, Route, Stack
 
+UNSPECIFIED = bytes(16)
 ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
 _SOLICITED_PREFIX = bytes.fromhex("ff0200000000000000000001ff")
 _FAST_PROTOCOLS = frozenset((IPPROTO_UDP, IPPROTO_TCP, IPPROTO_ICMPV6))
@@ -97,6 +98,11 @@ class IPv6Protocol:
             if result is None:
                 return
             proto, payload, packet = result
+        if hdr.src == UNSPECIFIED and proto != IPPROTO_ICMPV6:
+            # RFC 4291 section 2.5.2: :: is no address to answer; only Neighbor Discovery
+            # (RFC 4861 section 4.3) and MLD (RFC 3810 section 5.2.13) messages come from it.
+            c.inc("malformed.bad_source")
+            return
         c.values["delivered"] = c.values.get("delivered", 0) + 1
         transport = stack.transports.get(proto)
         if transport is not None:
