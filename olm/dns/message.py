@@ -127,7 +127,19 @@ def _try_question(data: bytes, qdcount: int) -> DNSQuestion | None:
         question: DNSQuestion = DNSQuestion.parse(buffer)
     except Exception:  # dnslib raises several types on garbage; any of them means "no question"
         return None
-    return question
+    return question if _encodable(question) else None
+
+
+def _encodable(question: DNSQuestion) -> bool:
+    """Whether the question's name keeps RFC 1035's limits, so dnslib can pack it again.
+
+    RFC 1035 sections 2.3.4 and 3.1: labels of at most 63 octets, names of at most 255 octets
+    on the wire. dnslib parses longer ones (a length octet of 64 is label type 0b01, RFC 6891
+    section 5) but refuses to encode them, so such a question can be neither forwarded nor
+    echoed.
+    """
+    labels = question.qname.label
+    return all(len(label) <= 63 for label in labels) and sum(map(len, labels)) + len(labels) < 255
 
 
 def _reply_header(qid: int, flags: int, rcode: int) -> DNSHeader:
@@ -170,6 +182,8 @@ def check_query(data: bytes) -> Query | Rejection:
     * opcode other than QUERY: NOTIMP (RFC 1035 section 4.1.1);
     * anything dnslib cannot parse: FORMERR with the same ID and the question when it parses;
     * QDCOUNT other than 1: FORMERR (RFC 9619);
+    * a question name over RFC 1035's limits (63-octet labels, 255-octet names): FORMERR
+      without the question, which cannot be encoded;
     * more than one OPT, an OPT outside the additional section or one whose owner is not the
       root: FORMERR (RFC 6891 sections 6.1.1 and 6.1.2), with an OPT as section 7 demands;
     * EDNS version above 0: BADVERS with an OPT of version 0 (RFC 6891 section 6.1.3).
@@ -197,6 +211,8 @@ def check_query(data: bytes) -> Query | Rejection:
         opt = opts[0]
         edns = Edns(payload=opt.rclass, do=bool(opt.edns_do), version=(opt.ttl >> 16) & 0xFF)
     question = record.questions[0] if len(record.questions) == 1 else None
+    if question is not None and not _encodable(question):
+        return Rejection("formerr", _error(qid, flags, RCODE.FORMERR, None, edns))
     if len(opts) > 1 or misplaced or (opts and len(opts[0].rname.label) != 0):
         # RFC 6891 section 7: a problem with the OPT itself is a FORMERR that carries an OPT.
         reply_edns = edns if edns is not None else Edns(ADVERTISED_PAYLOAD, False)
