@@ -494,3 +494,24 @@ def test_udp_protocol_on_netstack() -> None:
         await proxy.close()
 
     run(main())
+
+
+def test_a_bug_in_resolving_still_answers_servfail() -> None:
+    """RFC 8906: always answer. An unexpected exception becomes SERVFAIL, counted."""
+
+    class Broken(Resolver):
+        async def resolve(self, query: Query) -> DNSRecord:
+            raise RuntimeError("a bug")
+
+    async def main() -> None:
+        _, up = await start_fake(answers_with("192.0.2.1"))
+        counters = Counters("dns")
+        proxy = DnsProxy(Broken([up], counters=counters), counters=counters)
+        reply = await proxy.handle(client_query())
+        assert reply is not None
+        assert DNSRecord.parse(reply).header.rcode == RCODE.SERVFAIL
+        assert counters.get("internal_error") == 1
+        assert proxy.inflight == 0
+
+    run(main())
+

@@ -109,6 +109,12 @@ class DnsProxy:
             self.counters.inc("servfail")
             log.info("answering SERVFAIL: %s", failure)
             reply = error_reply(query, RCODE.SERVFAIL)
+        except Exception:
+            # A bug must not leave the client without an answer (RFC 8906: always answer).
+            self.counters.inc("internal_error")
+            self.counters.inc("servfail")
+            log.exception("resolving failed unexpectedly")
+            reply = error_reply(query, RCODE.SERVFAIL)
         try:
             data, truncated = fit_reply(reply, limit)
         except Exception:  # dnslib failed to pack what it parsed: never leave the client silent

@@ -209,6 +209,12 @@ class _Exchange:
             return None
 
 
+def _consume_exception(future: asyncio.Future[DNSRecord]) -> None:
+    """Retrieve a finished future's exception so an unawaited failure is not reported."""
+    if not future.cancelled():
+        future.exception()
+
+
 class _UdpClient(asyncio.DatagramProtocol):
     """A one-query datagram protocol: resolves ``answer`` with the first acceptable reply."""
 
@@ -216,6 +222,9 @@ class _UdpClient(asyncio.DatagramProtocol):
         self.exchange = exchange
         self.source = (upstream.address, upstream.port)
         self.answer: asyncio.Future[DNSRecord] = asyncio.get_running_loop().create_future()
+        # The socket may fail or close after the exchange stopped waiting (a timeout, another
+        # upstream won the race): mark any such exception as seen, so asyncio does not log it.
+        self.answer.add_done_callback(_consume_exception)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """Check the source (RFC 5452 section 9.1), then the ID and question."""
