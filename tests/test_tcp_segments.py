@@ -192,6 +192,16 @@ def test_rfc9293_3_10_7_2_listen_answers_syn_with_our_options() -> None:
     assert plain.options.timestamp is None
 
 
+def test_listen_drops_syn_fin_without_state() -> None:
+    """SYN+FIN only comes from scanners: dropped in LISTEN and counted, no half-open entry."""
+    ctx = Ctx()
+    listener = ctx.listener()
+    ctx.inject(SYN | FIN, PEER_ISN)
+    assert ctx.out() == []
+    assert ctx.count("listen.syn_fin_dropped") == 1
+    assert not listener.half_open
+
+
 @pytest.mark.parametrize(("mtu", "v6", "mss"), [(1000, False, 960), (1400, True, 1340)])
 def test_rfc9293_3_7_1_mss_is_clamped_to_the_route_mtu(mtu: int, v6: bool, mss: int) -> None:
     """The MSS we announce is the route MTU less 40 (IPv4) or 60 (IPv6) bytes of headers."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from netstack.errors import StackError
 from netstack.header.seqnum import seq_add
-from netstack.header.tcp import ACK, RST, SYN, TCPHeader, TCPOptions
+from netstack.header.tcp import ACK, FIN, RST, SYN, TCPHeader, TCPOptions
 from netstack.ports import unspecified
 from netstack.stack import Route
 from netstack.transport.tcp.endpoint import State, TCPEndpoint
@@ -132,6 +132,11 @@ class TCPListener:
             return
         if not flags & SYN:
             c.inc("listen.dropped")
+            return
+        if flags & FIN:
+            # SYN+FIN is never sent by a real stack, only by scanners fingerprinting us. RFC 9293
+            # would process the SYN and queue the FIN; like Linux we drop it and hold no state.
+            c.inc("listen.syn_fin_dropped")
             return
         try:
             route = protocol.stack.find_route(remote, local)
