@@ -11,7 +11,7 @@ from netstack.errors import ParseError
 
 T = TypeVar("T")
 
-HARNESSES = ("ipv4", "ipv6", "udp", "tcp", "icmp", "summary", "stack")
+HARNESSES = ("ipv4", "ipv6", "udp", "tcp", "icmp", "summary", "stack", "dns", "config")
 """Names of the harness modules (``fuzz.fuzz_<name>``), in the order ``fuzz/run`` runs them."""
 
 
@@ -93,15 +93,18 @@ def parse_or_none(parse: Callable[[], T]) -> T | None:
         return None
 
 
-def fuzz_main(test_one_input: Callable[[bytes], None]) -> None:
-    """Run ``test_one_input`` under libFuzzer with coverage from every loaded module.
+def fuzz_main(
+    test_one_input: Callable[[bytes], None], extra_packages: tuple[str, ...] = ()
+) -> None:
+    """Run ``test_one_input`` under libFuzzer with coverage from the project's modules.
 
+    ``extra_packages`` adds more top-level packages to instrument (``olm``, ``dnslib``).
     Command-line arguments are libFuzzer's (``-runs=N``, ``-max_total_time=S``, corpus
     directories...).
     """
     import atheris
 
-    _instrument(atheris, ("netstack", "fuzz", "__main__"))
+    _instrument(atheris, ("netstack", "fuzz", "__main__", *extra_packages))
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
 

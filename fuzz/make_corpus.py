@@ -189,6 +189,52 @@ def stack_corpus(candidates: int = STACK_SEED_CANDIDATES) -> dict[str, bytes]:
     return chosen
 
 
+def dns_corpus() -> dict[str, bytes]:
+    """Client messages as dig and kdig send them, plus the hostile cases of the kernel tests.
+
+    The first byte of each seed is the harness's control byte (transport and upstream mode).
+    """
+    from dnslib import EDNS0, DNSRecord
+
+    from tests.hostile_dns import CASES
+
+    seeds: dict[str, bytes] = {}
+    plain = DNSRecord.question("example.test", "A")
+    edns = DNSRecord.question("big.example.test", "TXT")
+    edns.add_ar(EDNS0(udp_len=1232, flags="do"))
+    small = DNSRecord.question("example.test", "AAAA")
+    small.add_ar(EDNS0(udp_len=4096))
+    for mode in range(4):
+        seeds[f"dig_a_udp_mode{mode}"] = bytes([mode]) + bytes(plain.pack())
+        seeds[f"dig_txt_edns_udp_mode{mode}"] = bytes([mode]) + bytes(edns.pack())
+        seeds[f"kdig_tcp_mode{mode}"] = bytes([0x80 | mode]) + bytes(small.pack())
+    for case in CASES:
+        seeds[f"hostile_{case.name}"] = b"\x00" + case.message
+    return seeds
+
+
+def config_corpus() -> dict[str, bytes]:
+    """Settings files (valid and not) and OLM_* variables, split by a NUL byte."""
+    return {
+        "full": b"""tun = "olm0"
+addresses = ["10.30.30.30", "fd30:30:30::30"]
+upstreams = ["127.0.0.1:5300", "[::1]:53"]
+policy = "race"
+timeout = 1.5
+deadline = 4
+max_inflight = 512
+tcp_idle_timeout = 10.0
+mtu = 1400
+log_level = "DEBUG"
+""",
+        "bad_policy": b'upstreams = ["127.0.0.1"]\n\npolicy = "fastest"\n',
+        "unknown_key": b"colour = 3\n",
+        "syntax": b"upstreams = [\n",
+        "env_only": b"\0UPSTREAMS=127.0.0.1,::1\nPOLICY=round-robin\nTIMEOUT=0.5",
+        "env_bad": b"mtu = 1500\0MTU=huge",
+    }
+
+
 def write(name: str, seeds: dict[str, bytes]) -> None:
     """Replace fuzz/corpus/<name>/ with ``seeds``."""
     folder = CORPUS / name
@@ -204,6 +250,8 @@ def main() -> None:
     for name, seeds in parser_corpora().items():
         write(name, seeds)
     write("stack", stack_corpus())
+    write("dns", dns_corpus())
+    write("config", config_corpus())
     for folder in sorted(CORPUS.iterdir()):
         files = list(folder.iterdir())
         print(f"{folder.name}: {len(files)} seeds, {sum(f.stat().st_size for f in files)} bytes")
