@@ -34,6 +34,7 @@ from netstack.header.numbers import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, I
 from netstack.header.tcp import TCPHeader, tcp_checksum_ok
 from netstack.header.udp import UDPHeader, udp_checksum_ok
 from netstack.network.fragment import Reassembler
+from netstack.transport.tcp.endpoint import TCPEndpoint
 
 if TYPE_CHECKING:
     from fuzz.live import LiveStack
@@ -96,6 +97,27 @@ def check_bounds(live: LiveStack) -> None:
         require(sock.queued <= opts.udp_receive_queue, f"UDP queue {sock.queued} over limit")
     require(len(stack._pmtu) <= opts.pmtu_entries, "path MTU table over its limit")
     require(live.link.pending <= live.link.capacity, "link queue over capacity")
+    check_tcp_bounds(live)
+
+
+def check_tcp_bounds(live: LiveStack) -> None:
+    """Listener queues within the backlog; every connection's buffers within TCPConfig."""
+    tcp = live.stack.tcp
+    config = tcp.config
+    for listener in live.listeners:
+        require(len(listener.half_open) <= listener.backlog, "half-open connections over backlog")
+        require(len(listener.accept_queue) <= listener.backlog, "accept queue over backlog")
+    for ep in tcp.demux.connected.values():
+        if not isinstance(ep, TCPEndpoint):
+            continue
+        require(len(ep.sndbuf) <= config.send_buffer, f"send buffer {len(ep.sndbuf)} over limit")
+        require(
+            ep._rcvq_len <= config.receive_buffer,
+            f"receive queue {ep._rcvq_len} over {config.receive_buffer}",
+        )
+        ooo = ep._ooo
+        require(ooo.bytes <= config.reassembly_limit, f"out-of-order bytes {ooo.bytes} over limit")
+        require(len(ooo) <= config.reassembly_segments, "out-of-order ranges over limit")
 
 
 def check_drained(live: LiveStack, *, expect_idle_clock: bool = True) -> None:

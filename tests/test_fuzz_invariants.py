@@ -123,3 +123,15 @@ def test_checker_rejects_an_incomplete_fragment_train() -> None:
     ).pack(datagram[:64])
     with pytest.raises(InvariantViolation, match="no last fragment"):
         check_output(live, [first])
+
+
+def test_checker_rejects_tcp_state_over_its_bounds() -> None:
+    from fuzz.invariants import check_tcp_bounds
+
+    live = LiveStack()
+    check_tcp_bounds(live)  # a fresh stack with its listeners and connection is within bounds
+    endpoints = [ep for ep in live.stack.tcp.demux.connected.values() if hasattr(ep, "_ooo")]
+    assert endpoints, "the live stack holds an established connection"
+    endpoints[0]._rcvq_len = live.stack.tcp.config.receive_buffer + 1
+    with pytest.raises(InvariantViolation, match="receive queue"):
+        check_tcp_bounds(live)
