@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--pcap", metavar="FILE", help="write every packet to a pcap file")
     st.add_argument("--trace", action="store_true", help="print one line per packet")
     st.add_argument("--stats", action="store_true", help="print the counters on exit")
+    st.add_argument(
+        "--no-offload",
+        dest="offload",
+        action="store_false",
+        help="one packet per system call on the TUN (no IFF_VNET_HDR/TSO)",
+    )
 
     demo = sub.add_parser("demo", help="the DNS proxy end to end in memory: no root, no network")
     demo.add_argument("--quiet", action="store_true", help="do not print the packet walk")
@@ -71,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resolv-conf", default="/etc/resolv.conf", help=argparse.SUPPRESS
     )  # for tests: where default upstreams come from
     up.add_argument("--stats", action="store_true", help="print the counters on exit")
+    up.add_argument(
+        "--no-offload",
+        dest="offload",
+        action="store_false",
+        help="one packet per system call on the TUN (no IFF_VNET_HDR/TSO)",
+    )
     return parser
 
 
@@ -111,7 +123,9 @@ def run_up(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     require_net_admin(f"creating TUN device {settings.tun}")
-    daemon = Daemon(settings, reload_settings=load, resolv_conf=args.resolv_conf)
+    daemon = Daemon(
+        settings, reload_settings=load, resolv_conf=args.resolv_conf, offload=args.offload
+    )
     try:
         status = asyncio.run(daemon.run())
     except StartupError as exc:
@@ -139,6 +153,7 @@ async def run_stack(args: argparse.Namespace) -> int:
         mtu=args.mtu,
         pcap=args.pcap,
         trace=(lambda line: print(line, flush=True)) if args.trace else None,
+        offload=args.offload,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

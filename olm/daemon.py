@@ -152,8 +152,10 @@ class Daemon:
         reload_settings: Callable[[], Settings] | None = None,
         resolv_conf: str | Path = "/etc/resolv.conf",
         ready: Callable[[str], None] | None = None,
+        offload: bool = True,
     ) -> None:
         self.settings = settings
+        self.offload = offload  # TCP segmentation offload on the TUN, if the kernel agrees
         self.reload_settings = reload_settings
         self.resolv_conf = resolv_conf
         self.ready = ready or (lambda line: print(line, flush=True))
@@ -195,7 +197,7 @@ class Daemon:
         stack = Stack(AsyncioClock())
         self.stack = stack
         resolver = make_resolver(s, stack.counters.child("dns"), self.resolv_conf)
-        self.device = open_tun(s.tun, s.mtu)
+        self.device = open_tun(s.tun, s.mtu, offload=self.offload)
         # pyroute2's synchronous IPRoute runs an event loop of its own: keep it off ours.
         self.netconfig = await asyncio.to_thread(
             configure_tun,
@@ -204,7 +206,9 @@ class Daemon:
             host_addresses=[default_host_address(a) for a in s.addresses],
             service_addresses=list(s.addresses),
         )
-        tun: LinkEndpoint = FdEndpoint(self.device.fd, s.mtu, counters=stack.counters)
+        tun: LinkEndpoint = FdEndpoint(
+            self.device.fd, s.mtu, counters=stack.counters, vnet_hdr=self.device.offload
+        )
         if s.pcap:
             self._pcap_file = open(s.pcap, "wb")  # noqa: SIM115 - closed in teardown
             self._pcap = PcapWriter(self._pcap_file)

@@ -36,6 +36,8 @@ class TunStackConfig:
     pcap: str | None = None
     trace: Callable[[str], None] | None = None
     options: StackOptions | None = None
+    #: TCP segmentation offload on the TUN (IFF_VNET_HDR + TUNSETOFFLOAD), if the kernel agrees.
+    offload: bool = True
 
 
 class TunStack:
@@ -55,7 +57,7 @@ class TunStack:
         for text in cfg.addresses:
             ipaddress.ip_address(text)  # ValueError names a bad address before any change
         try:
-            self.device = open_tun(cfg.tun, cfg.mtu)
+            self.device = open_tun(cfg.tun, cfg.mtu, offload=cfg.offload)
             # pyroute2's synchronous IPRoute runs an event loop of its own: keep it off ours.
             self.netconfig = await asyncio.to_thread(
                 configure_tun,
@@ -74,7 +76,9 @@ class TunStack:
         cfg = self.config
         assert self.device is not None
         stack = Stack(AsyncioClock(), cfg.options)
-        link: LinkEndpoint = FdEndpoint(self.device.fd, cfg.mtu, counters=stack.counters)
+        link: LinkEndpoint = FdEndpoint(
+            self.device.fd, cfg.mtu, counters=stack.counters, vnet_hdr=self.device.offload
+        )
         if cfg.pcap or cfg.trace:
             if cfg.pcap:
                 self._pcap_file = open(cfg.pcap, "wb")  # noqa: SIM115 - closed in teardown

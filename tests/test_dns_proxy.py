@@ -514,4 +514,3 @@ def test_a_bug_in_resolving_still_answers_servfail() -> None:
         assert proxy.inflight == 0
 
     run(main())
-

@@ -5,6 +5,14 @@ so the endpoint needs no framing. It runs on an asyncio event loop: ``loop.add_r
 when packets arrive, and it reads a bounded batch of them per wake-up; writes go straight to the
 descriptor and fall back to a bounded queue flushed by ``loop.add_writer`` only when the kernel
 pushes back (EAGAIN). This is the one endpoint that does I/O; the stack behind it does none.
+
+With ``vnet_hdr=True`` the descriptor is a TUN opened with IFF_VNET_HDR (and, ideally, offloads
+enabled with TUNSETOFFLOAD): every read and write carries a 10-byte virtio_net_hdr
+(:mod:`netstack.link.offload`). Outbound packets written during one event-loop iteration are
+then collected and flushed once, from ``loop.call_soon``, with consecutive TCP segments of one
+flow coalesced into GSO packets, so one system call carries up to 64 KiB of TCP. Inbound GSO
+packets are delivered as one large TCP segment (or split, with ``gro=False``) after their
+checksum is completed; a malformed header or GSO packet is counted and dropped.
 """
 
 from __future__ import annotations
@@ -15,7 +23,17 @@ from collections import deque
 from collections.abc import Iterable
 
 from netstack.counters import Counters
+from netstack.errors import ParseError
 from netstack.link import NetworkDispatcher
+from netstack.link.offload import (
+    NEEDS_CSUM,
+    PLAIN_HEADER,
+    VNET_HDR_LEN,
+    coalesce,
+    finish_plain,
+    receive_frame,
+    starts_run,
+)
 
 __all__ = ["FdEndpoint"]
 
@@ -33,7 +51,13 @@ class FdEndpoint:
 
     Counters (under the ``fd`` node): ``rx_packets``, ``rx_bytes``, ``rx_errors``, ``rx_eof``,
     ``tx_packets``, ``tx_bytes``, ``tx_errors``, ``tx_dropped_full``, ``tx_dropped_closed``,
-    ``tx_queued``.
+    ``tx_queued``; with ``vnet_hdr`` also ``rx_gso_packets``, ``rx_csum_filled``,
+    ``rx_gso_split`` (segments made by splitting), ``malformed.<reason>``, ``tx_gso_packets``
+    and ``tx_segments_coalesced`` (segments carried inside GSO packets). ``rx_packets`` and
+    ``tx_packets`` count system calls (frames), ``rx_bytes``/``tx_bytes`` their bytes.
+
+    With ``vnet_hdr``, :meth:`write_packets` defers: it returns how many packets it took, and
+    a later drop (queue full, device error) is only counted.
     """
 
     __slots__ = (
@@ -41,11 +65,16 @@ class FdEndpoint:
         "_closed",
         "_dispatcher",
         "_fd",
+        "_flush_handle",
+        "_gro",
         "_loop",
         "_mtu",
         "_owns_fd",
+        "_pending",
         "_queue",
+        "_read_size",
         "_reading",
+        "_vnet",
         "_write_queue_limit",
         "_writing",
         "counters",
@@ -61,6 +90,8 @@ class FdEndpoint:
         write_queue: int = 1024,
         owns_fd: bool = False,
         counters: Counters | None = None,
+        vnet_hdr: bool = False,
+        gro: bool = True,
     ) -> None:
         if mtu <= 0:
             raise ValueError(f"mtu must be positive, not {mtu}")
@@ -81,6 +112,11 @@ class FdEndpoint:
         self._reading = False
         self._writing = False
         self._closed = False
+        self._vnet = vnet_hdr
+        self._gro = gro
+        self._read_size = _MAX_PACKET + VNET_HDR_LEN if vnet_hdr else _MAX_PACKET
+        self._pending: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
 
     @property
     def mtu(self) -> int:
@@ -96,6 +132,16 @@ class FdEndpoint:
     def queued(self) -> int:
         """Number of outbound packets waiting for the descriptor to become writable."""
         return len(self._queue)
+
+    @property
+    def vnet_hdr(self) -> bool:
+        """Whether every read and write carries a virtio_net_hdr (offload mode)."""
+        return self._vnet
+
+    @property
+    def pending(self) -> int:
+        """Outbound packets taken in this loop iteration and not yet coalesced and written."""
+        return len(self._pending)
 
     @property
     def closed(self) -> bool:
@@ -131,12 +177,15 @@ class FdEndpoint:
         fd = self._fd
         counters = self.counters
         read = os.read
+        size = self._read_size
+        vnet = self._vnet
         packets = 0
         nbytes = 0
+        filled = 0
         try:
             for _ in range(self._batch):
                 try:
-                    packet = read(fd, _MAX_PACKET)
+                    packet = read(fd, size)
                 except BlockingIOError:
                     break
                 except OSError:
@@ -153,7 +202,23 @@ class FdEndpoint:
                     break
                 packets += 1
                 nbytes += len(packet)
-                dispatcher.deliver_network_packet(packet)
+                if not vnet:
+                    dispatcher.deliver_network_packet(packet)
+                elif packet[1] == 0 and len(packet) > VNET_HDR_LEN:
+                    # No GSO: strip the header, completing a partial checksum (TUN_F_CSUM lets
+                    # the kernel leave one on any packet, UDP included).
+                    if packet[0] & NEEDS_CSUM:
+                        try:
+                            packet = finish_plain(packet)
+                        except ParseError as exc:
+                            counters.inc(f"malformed.{exc.reason}")
+                            continue
+                        filled += 1
+                    else:
+                        packet = packet[VNET_HDR_LEN:]
+                    dispatcher.deliver_network_packet(packet)
+                else:
+                    self._deliver_offloaded(dispatcher, packet)
                 if self._dispatcher is not dispatcher:
                     # The delivery detached or closed us; stop reading on behalf of a stale owner.
                     break
@@ -161,16 +226,82 @@ class FdEndpoint:
             if packets:
                 counters.inc("rx_packets", packets)
                 counters.inc("rx_bytes", nbytes)
+            if filled:
+                counters.inc("rx_csum_filled", filled)
+
+    def _deliver_offloaded(self, dispatcher: NetworkDispatcher, frame: bytes) -> None:
+        """Finish one frame the kernel left work on (GSO, partial checksum) and deliver it."""
+        counters = self.counters
+        try:
+            received = receive_frame(frame, gro=self._gro)
+        except ParseError as exc:
+            counters.inc(f"malformed.{exc.reason}")
+            return
+        if received.gso:
+            counters.inc("rx_gso_packets")
+        if received.checksum_filled:
+            counters.inc("rx_csum_filled")
+        if received.split:
+            counters.inc("rx_gso_split", len(received.packets))
+        for packet in received.packets:
+            dispatcher.deliver_network_packet(packet)
+            if self._dispatcher is not dispatcher:
+                return
 
     def write_packets(self, packets: Iterable[bytes]) -> int:
         """Write outbound packets, queueing them while the fd would block.
 
-        Return how many were written or queued; the rest were dropped and counted.
+        Return how many were written or queued; the rest were dropped and counted. In
+        ``vnet_hdr`` mode the packets are taken now and written, coalesced, once the current
+        event-loop iteration ends.
         """
         counters = self.counters
         if self._closed:
             counters.inc("tx_dropped_closed", sum(1 for _ in packets))
             return 0
+        if self._vnet:
+            return self._defer(packets)
+        return self._write_now(packets)
+
+    def _defer(self, packets: Iterable[bytes]) -> int:
+        """Collect packets for :meth:`_flush`, scheduled once per loop iteration."""
+        pending = self._pending
+        accepted = 0
+        for packet in packets:
+            if not pending and not starts_run(packet):
+                # Nothing waits before it and nothing can join it: send it now, so a lone
+                # datagram or ACK never waits for the end of the loop iteration.
+                accepted += self._write_now((PLAIN_HEADER + packet,))
+                continue
+            # Copy what is not bytes: the caller may reuse its buffer before we flush.
+            pending.append(packet if type(packet) is bytes else bytes(packet))
+            accepted += 1
+        if len(pending) >= max(self._write_queue_limit, 64):
+            self._flush()  # bounded: never hold more than a write queue's worth
+        elif pending and self._flush_handle is None:
+            self._flush_handle = self._get_loop().call_soon(self._flush)
+        return accepted
+
+    def _flush(self) -> None:
+        """Coalesce the collected packets into frames and write them (vnet_hdr mode)."""
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()
+            self._flush_handle = None
+        packets = self._pending
+        if not packets or self._closed:
+            return
+        self._pending = []
+        made = coalesce(packets)
+        if made.gso_packets:
+            counters = self.counters
+            counters.inc("tx_gso_packets", made.gso_packets)
+            counters.inc("tx_segments_coalesced", made.segments_merged)
+        self._write_now(made.frames)
+
+    def _write_now(self, packets: Iterable[bytes]) -> int:
+        """Write packets (frames, in vnet_hdr mode) to the fd, queueing on EAGAIN."""
+        counters = self.counters
         fd = self._fd
         queue = self._queue
         write = os.write
@@ -263,5 +394,11 @@ class FdEndpoint:
         self._reading = False
         self._writing = False
         self._queue.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._pending:
+            self.counters.inc("tx_dropped_closed", len(self._pending))
+            self._pending = []
         if self._owns_fd:
             os.close(self._fd)

@@ -4,11 +4,20 @@ The device is opened with ``IFF_TUN | IFF_NO_PI``: each read returns exactly one
 packet and each write takes one, with no 4-byte packet-information prefix
 (Documentation/networking/tuntap.rst). That is the framing netstack's link endpoints expect:
 the IP version nibble alone tells IPv4 from IPv6.
+
+With ``offload=True`` it is also opened with ``IFF_VNET_HDR`` and the ``TUNSETOFFLOAD`` ioctl
+lets the kernel hand over (and take) TCP packets of up to 64 KiB with a partial checksum
+(``TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6``, include/uapi/linux/if_tun.h). Every read and write
+then starts with a 10-byte virtio_net_hdr; :class:`netstack.link.fd.FdEndpoint` with
+``vnet_hdr=True`` speaks that framing. When the kernel refuses, the device is reopened without
+offloads and :attr:`TunDevice.offload_error` says why.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import logging
 from types import TracebackType
 from typing import Any
 
@@ -16,7 +25,9 @@ import pytun
 
 from olm.device import DeviceError
 
-__all__ = ["IFNAMSIZ", "MAX_MTU", "MIN_MTU", "TunDevice", "open_tun"]
+__all__ = ["IFNAMSIZ", "MAX_MTU", "MIN_MTU", "TUN_OFFLOADS", "TunDevice", "open_tun"]
+
+log = logging.getLogger(__name__)
 
 #: Size of an interface-name buffer including its NUL (linux/if.h): names hold 15 bytes.
 IFNAMSIZ = 16
@@ -26,6 +37,13 @@ MIN_MTU = 68
 MAX_MTU = 65535
 
 _TUN_FLAGS = pytun.IFF_TUN | pytun.IFF_NO_PI
+#: TUNSETOFFLOAD = _IOW('T', 208, unsigned int) (include/uapi/linux/if_tun.h).
+_TUNSETOFFLOAD = 0x400454D0
+_TUN_F_CSUM = 0x01  # we accept packets with a partial checksum
+_TUN_F_TSO4 = 0x02  # ... and IPv4 TCP GSO packets
+_TUN_F_TSO6 = 0x04  # ... and IPv6 TCP GSO packets
+#: The offloads ``open_tun(offload=True)`` enables.
+TUN_OFFLOADS = _TUN_F_CSUM | _TUN_F_TSO4 | _TUN_F_TSO6
 _NAME_FORBIDDEN = frozenset("/: \t\n\r\v\f")
 
 
@@ -36,14 +54,28 @@ class TunDevice:
     it, when its last file descriptor is closed.
     """
 
-    __slots__ = ("_closed", "_dev", "_fd", "_name")
+    __slots__ = ("_closed", "_dev", "_fd", "_name", "_offload", "_offload_error")
 
-    def __init__(self, dev: Any) -> None:
+    def __init__(
+        self, dev: Any, *, offload: bool = False, offload_error: str | None = None
+    ) -> None:
         """Wrap an already-open ``pytun.TunTapDevice``; use :func:`open_tun` to make one."""
         self._dev = dev
         self._name: str = dev.name
         self._fd: int = dev.fileno()
         self._closed = False
+        self._offload = offload
+        self._offload_error = offload_error
+
+    @property
+    def offload(self) -> bool:
+        """Whether reads and writes carry a virtio_net_hdr with TCP offloads on."""
+        return self._offload
+
+    @property
+    def offload_error(self) -> str | None:
+        """Why offloads were asked for and are off (None if on, or never asked for)."""
+        return self._offload_error
 
     @property
     def name(self) -> str:
@@ -106,11 +138,16 @@ class TunDevice:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._fd}"
-        return f"<TunDevice {self._name} {state}>"
+        extra = " offload" if self._offload else ""
+        return f"<TunDevice {self._name} {state}{extra}>"
 
 
-def open_tun(name: str = "olm0", mtu: int = 1500) -> TunDevice:
+def open_tun(name: str = "olm0", mtu: int = 1500, *, offload: bool = False) -> TunDevice:
     """Create the TUN interface ``name`` (IFF_TUN | IFF_NO_PI) with the given MTU.
+
+    With ``offload``, also IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
+    if the kernel refuses either, a warning is logged, the device is opened without them, and
+    :attr:`TunDevice.offload` is false with :attr:`TunDevice.offload_error` saying why.
 
     The interface is left administratively down and without addresses; see
     :func:`olm.device.netconfig.configure_tun`. A name containing ``%d`` lets the kernel pick
@@ -118,11 +155,16 @@ def open_tun(name: str = "olm0", mtu: int = 1500) -> TunDevice:
     """
     _check_name(name)
     _check_mtu(name, mtu)
-    try:
-        dev = pytun.TunTapDevice(name=name, flags=_TUN_FLAGS)
-    except OSError as exc:
-        raise _device_error(name, "opening the TUN device", exc) from exc
-    tun = TunDevice(dev)
+    tun: TunDevice | None = None
+    error: str | None = None
+    if offload:
+        tun, error = _open_offload(name)
+    if tun is None:
+        try:
+            dev = pytun.TunTapDevice(name=name, flags=_TUN_FLAGS)
+        except OSError as exc:
+            raise _device_error(name, "opening the TUN device", exc) from exc
+        tun = TunDevice(dev, offload_error=error)
     try:
         if tun.mtu != mtu:
             tun.mtu = mtu
@@ -130,6 +172,24 @@ def open_tun(name: str = "olm0", mtu: int = 1500) -> TunDevice:
         tun.close()
         raise
     return tun
+
+
+def _open_offload(name: str) -> tuple[TunDevice | None, str | None]:
+    """Open ``name`` with IFF_VNET_HDR and enable TCP offloads; on refusal return the reason."""
+    try:
+        dev = pytun.TunTapDevice(name=name, flags=_TUN_FLAGS | pytun.IFF_VNET_HDR)
+    except OSError as exc:
+        reason = f"IFF_VNET_HDR refused: {exc.strerror or exc}"
+    else:
+        try:
+            fcntl.ioctl(dev.fileno(), _TUNSETOFFLOAD, TUN_OFFLOADS)
+        except OSError as exc:
+            dev.close()  # deletes the interface; the caller opens it again without offloads
+            reason = f"TUNSETOFFLOAD refused: {exc.strerror or exc}"
+        else:
+            return TunDevice(dev, offload=True), None
+    log.warning("%s: TUN offloads off (%s); one packet per system call", name, reason)
+    return None, reason
 
 
 def _check_name(name: str) -> None:
