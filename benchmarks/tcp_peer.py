@@ -97,7 +97,9 @@ def kernel_rr(host: str, port: int, count: int) -> dict[str, float]:
     return {"connections": done, "seconds": seconds, "per_s": done / seconds}
 
 
-def stack_send(tun: str, host: str, port: int, size: int, rounds: int) -> dict[str, Any]:
+def stack_send(
+    tun: str, host: str, port: int, size: int, rounds: int, offload: bool = True
+) -> dict[str, Any]:
     """Run a Stack on ``tun``; ``rounds`` times send ``size`` bytes to the kernel sink."""
     from netstack.sockets import open_connection
     from olm.runtime import TunStack, TunStackConfig
@@ -105,7 +107,7 @@ def stack_send(tun: str, host: str, port: int, size: int, rounds: int) -> dict[s
     async def run() -> dict[str, Any]:
         data = _payload(size)
         speeds: list[float] = []
-        async with TunStack(TunStackConfig(tun=tun)) as running:
+        async with TunStack(TunStackConfig(tun=tun, offload=offload)) as running:
             stack = running.stack
             assert stack is not None
             for _ in range(rounds):
@@ -147,6 +149,7 @@ def main() -> None:
     p.add_argument("port", type=int)
     p.add_argument("size", type=int)
     p.add_argument("rounds", type=int)
+    p.add_argument("--no-offload", action="store_true")
     args = parser.parse_args()
     if args.role == "kernel-server":
         kernel_server(args.port)
@@ -155,7 +158,13 @@ def main() -> None:
     elif args.role == "kernel-rr":
         print(json.dumps(kernel_rr(args.host, args.port, args.count)))
     else:
-        print(json.dumps(stack_send(args.tun, args.host, args.port, args.size, args.rounds)))
+        print(
+            json.dumps(
+                stack_send(
+                    args.tun, args.host, args.port, args.size, args.rounds, not args.no_offload
+                )
+            )
+        )
 
 
 if __name__ == "__main__":

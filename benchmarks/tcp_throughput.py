@@ -123,7 +123,7 @@ def _run(ns: str, *argv: str, timeout: float = 180) -> dict[str, Any]:
     return result
 
 
-def tun(size: int, rounds: int, conns: int) -> dict[str, Any]:
+def tun(size: int, rounds: int, conns: int, offload: bool = True) -> dict[str, Any]:
     """Kernel <-> stack over a TUN and the kernel's own loopback, medians of ``rounds``."""
     from netns import Server, namespace
 
@@ -133,7 +133,8 @@ def tun(size: int, rounds: int, conns: int) -> dict[str, Any]:
         try:
             olm = Server(
                 ns,
-                ["-m", "olm", "stack", "--tun", "bench0", "--tcp-echo", "7", "--tcp-discard", "9"],
+                ["-m", "olm", "stack", "--tun", "bench0", "--tcp-echo", "7", "--tcp-discard", "9"]
+                + ([] if offload else ["--no-offload"]),
             )
             try:
                 k2s = [
@@ -147,7 +148,15 @@ def tun(size: int, rounds: int, conns: int) -> dict[str, Any]:
             finally:
                 olm.stop()
             sent = _run(
-                ns, PEER, "stack-send", "bench1", "10.30.30.1", "5001", str(size), str(rounds)
+                ns,
+                PEER,
+                "stack-send",
+                "bench1",
+                "10.30.30.1",
+                "5001",
+                str(size),
+                str(rounds),
+                *([] if offload else ["--no-offload"]),
             )
             s2k = sent["mb_s"]
             ref_bulk = [
@@ -179,12 +188,15 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=300, help="connections per rate round")
     parser.add_argument("--profile", action="store_true", help="cProfile one memory round")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--no-offload", action="store_true", help="plain TUN: no IFF_VNET_HDR, no TSO/GSO"
+    )
     args = parser.parse_args()
     results: dict[str, Any] = {}
     if args.what in ("memory", "all"):
         results["memory"] = memory(args.size, args.rounds, args.profile)
     if args.what in ("tun", "all"):
-        results["tun"] = tun(args.size, args.rounds, args.conns)
+        results["tun"] = tun(args.size, args.rounds, args.conns, offload=not args.no_offload)
     if args.json:
         print(json.dumps(results, indent=2))
         return
