@@ -18,27 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from netstack.clock import AsyncioClock
 from netstack.counters import Counters
-from netstack.link import LinkEndpoint
-from netstack.link.fd import FdEndpoint
-from netstack.link.pcap import PcapWriter
-from netstack.link.sniffer import SnifferEndpoint
 from netstack.stack import Stack
 from olm.config import ConfigError, Settings
-from olm.device.filtered import FilteredDevice
-from olm.device.netconfig import NetConfig, configure_tun, default_host_address
-from olm.device.tun import TunDevice, open_tun
 from olm.dns.proxy import DnsProxy
 from olm.dns.upstream import Resolver, UpstreamConfigError
+from olm.runtime import TunStack, TunStackConfig, assign_service_addresses
 
 log = logging.getLogger("olm.daemon")
 
@@ -74,15 +66,7 @@ class Service:
 
     def add_addresses(self, nic: str) -> None:
         """Give the stack its service addresses and a default route per family via ``nic``."""
-        families = set()
-        for text in self.settings.addresses:
-            addr = ipaddress.ip_address(text)
-            self.stack.add_address(nic, f"{addr}/{addr.max_prefixlen}")
-            families.add(addr.version)
-        if 4 in families:
-            self.stack.add_route("0.0.0.0/0", nic)
-        if 6 in families:
-            self.stack.add_route("::/0", nic)
+        assign_service_addresses(self.stack, nic, self.settings.addresses)
 
     async def start(self) -> None:
         """Listen on port 53 over UDP and TCP on every service address."""
@@ -159,13 +143,8 @@ class Daemon:
         self.reload_settings = reload_settings
         self.resolv_conf = resolv_conf
         self.ready = ready or (lambda line: print(line, flush=True))
-        self.device: TunDevice | None = None
-        self.netconfig: NetConfig | None = None
         self.stack: Stack | None = None
         self.service: Service | None = None
-        self._tun_link: LinkEndpoint | None = None
-        self._pcap_file: BinaryIO | None = None
-        self._pcap: PcapWriter | None = None
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
@@ -174,52 +153,34 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+        s = self.settings
         try:
-            await self._start()
-            addresses = ", ".join(self.settings.addresses)
-            assert self.service is not None
-            ups = ", ".join(str(u) for u in self.service.resolver.upstreams)
-            self.ready(
-                f"olm: ready on {self.settings.tun} ({addresses}) port 53, upstreams {ups}, "
-                f"policy {self.settings.policy}"
+            stack = self.stack = Stack(AsyncioClock())
+            # No usable upstream is a startup error before anything is created.
+            resolver = make_resolver(s, stack.counters.child("dns"), self.resolv_conf)
+            tun = TunStackConfig(
+                tun=s.tun,
+                addresses=list(s.addresses),
+                mtu=s.mtu,
+                pcap=s.pcap,
+                offload=self.offload,
+                filtered=True,
             )
-            await self._stop.wait()
-            log.info("stopping")
-            await self.service.stop()
+            async with TunStack(tun, stack):
+                self.service = Service(s, stack, resolver)
+                await self.service.start()
+                ups = ", ".join(str(u) for u in resolver.upstreams)
+                self.ready(
+                    f"olm: ready on {s.tun} ({', '.join(s.addresses)}) port 53, "
+                    f"upstreams {ups}, policy {s.policy}"
+                )
+                await self._stop.wait()
+                log.info("stopping")
+                await self.service.stop()
         finally:
-            await self._teardown()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         return 0
-
-    async def _start(self) -> None:
-        s = self.settings
-        stack = Stack(AsyncioClock())
-        self.stack = stack
-        resolver = make_resolver(s, stack.counters.child("dns"), self.resolv_conf)
-        self.device = open_tun(s.tun, s.mtu, offload=self.offload)
-        # pyroute2's synchronous IPRoute runs an event loop of its own: keep it off ours.
-        self.netconfig = await asyncio.to_thread(
-            configure_tun,
-            self.device.name,
-            mtu=s.mtu,
-            host_addresses=[default_host_address(a) for a in s.addresses],
-            service_addresses=list(s.addresses),
-        )
-        tun: LinkEndpoint = FdEndpoint(
-            self.device.fd, s.mtu, counters=stack.counters, vnet_hdr=self.device.offload
-        )
-        if s.pcap:
-            self._pcap_file = open(s.pcap, "wb")  # noqa: SIM115 - closed in teardown
-            self._pcap = PcapWriter(self._pcap_file)
-            tun = SnifferEndpoint(tun, pcap=self._pcap, counters=stack.counters)
-        self._tun_link = tun
-        filtered = FilteredDevice(tun.write_packets, counters=stack.counters)
-        tun.attach(filtered)
-        stack.create_nic("tun", filtered.stack_link(s.mtu, s.addresses))
-        self.service = Service(s, stack, resolver)
-        self.service.add_addresses("tun")
-        await self.service.start()
 
     def _reload(self) -> None:
         if self.reload_settings is None or self.service is None:
@@ -233,25 +194,3 @@ class Daemon:
         ups = ", ".join(str(u) for u in self.service.resolver.upstreams)
         log.info("reloaded: upstreams %s, policy %s", ups, settings.policy)
         print(f"olm: reloaded, upstreams {ups}", flush=True)
-
-    async def _teardown(self) -> None:
-        """Undo everything in reverse order; each step runs even if an earlier one failed."""
-        if self._tun_link is not None:
-            self._tun_link.close()
-        if self._pcap is not None:
-            self._pcap.close()
-        for step in (self._undo_netconfig, self._close_tun):
-            try:
-                await asyncio.to_thread(step)
-            except Exception as failure:  # report every failure, stop at none
-                print(f"olm: teardown: {failure}", file=sys.stderr)
-
-    def _undo_netconfig(self) -> None:
-        if self.netconfig is not None:
-            self.netconfig.undo()
-            self.netconfig = None
-
-    def _close_tun(self) -> None:
-        if self.device is not None:
-            self.device.close()
-            self.device = None

@@ -1,6 +1,6 @@
 """A netstack Stack attached to a real TUN device, with setup and guaranteed teardown.
 
-Shared by ``olm stack`` (and later ``olm up``): opens the TUN with python-pytun, configures it
+Shared by ``olm stack`` and ``olm up``: opens the TUN with python-pytun, configures it
 with pyroute2 (link up, MTU, host-side addresses, a route per service address), builds a Stack
 on an asyncio clock with an fd link endpoint (wrapped in a sniffer when a pcap or a trace is
 wanted), and undoes all of it on exit.
@@ -22,6 +22,7 @@ from netstack.link.fd import FdEndpoint
 from netstack.link.pcap import PcapWriter
 from netstack.link.sniffer import SnifferEndpoint
 from netstack.stack import Stack, StackOptions
+from olm.device.filtered import FilteredDevice
 from olm.device.netconfig import NetConfig, configure_tun, default_host_address
 from olm.device.tun import TunDevice, open_tun
 
@@ -38,14 +39,35 @@ class TunStackConfig:
     options: StackOptions | None = None
     #: TCP segmentation offload on the TUN (IFF_VNET_HDR + TUNSETOFFLOAD), if the kernel agrees.
     offload: bool = True
+    #: Put a FilteredDevice between the TUN and the stack: the stack sees only packets for its
+    #: addresses, the rest goes to the device's next consumer (``olm up``).
+    filtered: bool = False
+
+
+def assign_service_addresses(stack: Stack, nic: str, addresses: list[str]) -> None:
+    """Give ``nic`` each service address as a host address and a default route per family.
+
+    Everything the stack sends leaves through that NIC: back to the kernel, over the TUN.
+    """
+    families = set()
+    for text in addresses:
+        addr = ipaddress.ip_address(text)
+        stack.add_address(nic, f"{addr}/{addr.max_prefixlen}")
+        families.add(addr.version)
+    if 4 in families:
+        stack.add_route("0.0.0.0/0", nic)
+    if 6 in families:
+        stack.add_route("::/0", nic)
 
 
 class TunStack:
     """An async context manager: a configured TUN with a Stack answering on its addresses."""
 
-    def __init__(self, config: TunStackConfig) -> None:
+    def __init__(self, config: TunStackConfig, stack: Stack | None = None) -> None:
         self.config = config
+        self._given_stack = stack
         self.stack: Stack | None = None
+        self.filtered: FilteredDevice | None = None
         self.device: TunDevice | None = None
         self.netconfig: NetConfig | None = None
         self.link: LinkEndpoint | None = None
@@ -75,7 +97,7 @@ class TunStack:
     def _build_stack(self) -> Stack:
         cfg = self.config
         assert self.device is not None
-        stack = Stack(AsyncioClock(), cfg.options)
+        stack = self._given_stack or Stack(AsyncioClock(), cfg.options)
         link: LinkEndpoint = FdEndpoint(
             self.device.fd, cfg.mtu, counters=stack.counters, vnet_hdr=self.device.offload
         )
@@ -85,13 +107,14 @@ class TunStack:
                 self._pcap = PcapWriter(self._pcap_file)
             link = SnifferEndpoint(link, pcap=self._pcap, log=cfg.trace, counters=stack.counters)
         self.link = link
-        stack.create_nic("tun", link)
-        for text in cfg.addresses:
-            addr = ipaddress.ip_address(text)
-            stack.add_address("tun", f"{addr}/{addr.max_prefixlen}")
-        # Everything the stack sends leaves through the TUN, back to the kernel.
-        stack.add_route("0.0.0.0/0", "tun")
-        stack.add_route("::/0", "tun")
+        if cfg.filtered:
+            # Writes from the stack go straight to the TUN; reads pass the rules first.
+            self.filtered = FilteredDevice(link.write_packets, counters=stack.counters)
+            link.attach(self.filtered)
+            stack.create_nic("tun", self.filtered.stack_link(cfg.mtu, cfg.addresses))
+        else:
+            stack.create_nic("tun", link)
+        assign_service_addresses(stack, "tun", cfg.addresses)
         return stack
 
     async def __aexit__(
