@@ -184,6 +184,41 @@ class IPv4Header:
         )
 
 
+def build_datagram(
+    src: bytes,
+    dst: bytes,
+    protocol: int,
+    payload: bytes | memoryview,
+    *,
+    ttl: int = 64,
+    ident: int = 0,
+    tos: int = 0,
+    dont_fragment: bool = False,
+) -> bytes:
+    """Return a whole IPv4 datagram with no options: a 20-byte header, checksum filled, + payload.
+
+    The same bytes as ``IPv4Header(...).pack(payload)``, built in one step for the send path.
+    Raises ValueError when a field or the length does not fit the wire format.
+    """
+    total = IPV4_MIN_HEADER_LEN + len(payload)
+    flags = _FLAG_DF if dont_fragment else 0
+    # RFC 1071: the one's-complement sum of the header's 16-bit words, added here as integers
+    # (the address words arrive as one integer, congruent modulo 0xFFFF to their sum).
+    word_sum = (
+        0x4500 + tos + total + ident + flags + (ttl << 8) + protocol + int.from_bytes(src + dst)
+    )
+    folded = word_sum % 0xFFFF or 0xFFFF
+    try:
+        header = _HEADER.pack(
+            0x45, tos, total, ident, flags, ttl, protocol, ~folded & 0xFFFF, src, dst
+        )
+    except struct.error as exc:
+        raise ValueError(f"IPv4 field out of range: {exc}") from exc
+    if total > 0xFFFF or len(src) != 4 or len(dst) != 4:
+        raise ValueError(f"not a valid IPv4 datagram: {total} bytes")
+    return header + payload
+
+
 def parse_options(options: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
     """Return the options of an IPv4 option area as (type, value) pairs (RFC 791 section 3.1).
 

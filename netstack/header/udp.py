@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from netstack.errors import ParseError
-from netstack.header.checksum import checksum, pseudo_header_sum, transport_checksum
+from netstack.header.checksum import checksum, ones_sum, pseudo_header_sum
 from netstack.header.numbers import IPPROTO_UDP
 
 UDP_HEADER_LEN: Final = 8
@@ -88,8 +88,10 @@ def udp_checksum_ok(src_addr: bytes, dst_addr: bytes, datagram: Buffer) -> bool:
     A zero checksum means "not computed": accepted over IPv4 (RFC 768), rejected over IPv6
     where the checksum is mandatory (RFC 8200 section 8.1).
     """
-    if len(datagram) < UDP_HEADER_LEN:
+    n = len(datagram)
+    if n < UDP_HEADER_LEN:
         return False
     if datagram[6] == 0 and datagram[7] == 0:
         return len(src_addr) == 4
-    return transport_checksum(src_addr, dst_addr, IPPROTO_UDP, datagram) == 0
+    # Right when the one's-complement sum over pseudo-header and datagram is 0xFFFF.
+    return ones_sum(datagram, pseudo_header_sum(src_addr, dst_addr, IPPROTO_UDP, n)) == 0xFFFF

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from netstack.errors import ParseError
 from netstack.header import icmpv4
-from netstack.header.ipv4 import IPV4_MIN_HEADER_LEN, IPv4Header, parse_options
+from netstack.header.ipv4 import IPV4_MIN_HEADER_LEN, IPv4Header, build_datagram, parse_options
 from netstack.header.numbers import IPPROTO_ICMP
 from netstack.network.fragment import Reassembler
 
@@ -121,22 +121,28 @@ class IPv4Protocol:
         dont_fragment: bool = False,
     ) -> bool:
         """Send ``payload`` as one IPv4 datagram along ``route``, fragmenting it if needed."""
-        hdr = IPv4Header(
-            src=route.local,
-            dst=route.remote,
-            protocol=protocol,
-            ttl=ttl if ttl is not None else self.stack.options.default_ttl,
-            tos=tos,
-            ident=self.next_ident(),
-            dont_fragment=dont_fragment,
-        )
+        ttl = ttl if ttl is not None else self.stack.options.default_ttl
+        ident = self.next_ident()
         c = self.counters.values
         if IPV4_MIN_HEADER_LEN + len(payload) <= route.mtu:
             c["sent"] = c.get("sent", 0) + 1
-            return route.nic.write([hdr.pack(payload)]) == 1
+            packet = build_datagram(
+                route.local,
+                route.remote,
+                protocol,
+                payload,
+                ttl=ttl,
+                ident=ident,
+                tos=tos,
+                dont_fragment=dont_fragment,
+            )
+            return route.nic.write([packet]) == 1
         if dont_fragment:
             self.counters.inc("send_too_big_df")
             return False
+        hdr = IPv4Header(
+            src=route.local, dst=route.remote, protocol=protocol, ttl=ttl, tos=tos, ident=ident
+        )
         packets = fragment(hdr, payload, route.mtu)
         self.counters.inc("sent")
         self.counters.inc("fragments_sent", len(packets))
