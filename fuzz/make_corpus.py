@@ -204,6 +204,8 @@ def dns_corpus() -> dict[str, bytes]:
     edns.add_ar(EDNS0(udp_len=1232, flags="do"))
     small = DNSRecord.question("example.test", "AAAA")
     small.add_ar(EDNS0(udp_len=4096))
+    for n, record in enumerate((plain, edns, small)):
+        record.header.id = 0x1000 + n  # dnslib picks random IDs: keep the seeds reproducible
     for mode in range(4):
         seeds[f"dig_a_udp_mode{mode}"] = bytes([mode]) + bytes(plain.pack())
         seeds[f"dig_txt_edns_udp_mode{mode}"] = bytes([mode]) + bytes(edns.pack())
@@ -235,6 +237,39 @@ log_level = "DEBUG"
     }
 
 
+def pcap_seeds(path: Path, per_harness: int = 12) -> dict[str, dict[str, bytes]]:
+    """Real packets from a pcap the kernel tests or ``olm ... --pcap`` wrote.
+
+    Raw IP packets feed the ipv4, ipv6 and summary harnesses; DNS messages to or from port 53
+    feed the dns harness (control byte 0: UDP, answering upstream). At most ``per_harness``
+    distinct packets each, of distinct lengths, in capture order.
+    """
+    from netstack.link.pcap import read_pcap
+
+    out: dict[str, dict[str, bytes]] = {"ipv4": {}, "ipv6": {}, "summary": {}, "dns": {}}
+    lengths: dict[str, set[int]] = {name: set() for name in out}
+
+    def add(name: str, data: bytes) -> None:
+        if len(out[name]) < per_harness and len(data) not in lengths[name]:
+            lengths[name].add(len(data))
+            out[name][f"pcap_{path.stem}_{len(out[name]):02}"] = data
+
+    with path.open("rb") as stream:
+        for _, packet in read_pcap(stream):
+            if not packet:
+                continue
+            version = packet[0] >> 4
+            add("ipv4" if version == 4 else "ipv6", packet)
+            add("summary", packet)
+            hl = (packet[0] & 15) * 4 if version == 4 else 40
+            proto = packet[9] if version == 4 else packet[6]
+            if proto == IPPROTO_UDP and len(packet) > hl + 8:
+                ports = packet[hl : hl + 4]
+                if ports[0:2] == b"\x00\x35" or ports[2:4] == b"\x00\x35":
+                    add("dns", b"\x00" + packet[hl + 8 :])
+    return out
+
+
 def write(name: str, seeds: dict[str, bytes]) -> None:
     """Replace fuzz/corpus/<name>/ with ``seeds``."""
     folder = CORPUS / name
@@ -246,12 +281,21 @@ def write(name: str, seeds: dict[str, bytes]) -> None:
 
 
 def main() -> None:
-    """Write every harness's seed corpus."""
-    for name, seeds in parser_corpora().items():
+    """Write every harness's seed corpus (``--pcap FILE...`` adds real captured packets)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fuzz.make_corpus")
+    parser.add_argument("--pcap", nargs="*", type=Path, default=[], help="captures to add")
+    args = parser.parse_args()
+    corpora = parser_corpora()
+    corpora["stack"] = stack_corpus()
+    corpora["dns"] = dns_corpus()
+    corpora["config"] = config_corpus()
+    for capture in args.pcap or sorted((CORPUS.parent / "captures").glob("*.pcap")):
+        for name, seeds in pcap_seeds(capture).items():
+            corpora.setdefault(name, {}).update(seeds)
+    for name, seeds in corpora.items():
         write(name, seeds)
-    write("stack", stack_corpus())
-    write("dns", dns_corpus())
-    write("config", config_corpus())
     for folder in sorted(CORPUS.iterdir()):
         files = list(folder.iterdir())
         print(f"{folder.name}: {len(files)} seeds, {sum(f.stat().st_size for f in files)} bytes")

@@ -24,7 +24,7 @@ from test_kernel_dns import short, start_upstream
 
 from netstack.stack import StackOptions
 
-from netns import NetNS, python_env, require_tool
+from netns import NetNS, python_env, require_tool, skip_or_fail
 
 pytestmark = pytest.mark.privileged
 
@@ -108,7 +108,10 @@ class Olm:
 @pytest.fixture
 def olm(netns: NetNS) -> Iterator[Olm]:
     require_tool("dig")
-    pytest.importorskip("scapy")
+    import importlib.util
+
+    if importlib.util.find_spec("scapy") is None:
+        skip_or_fail("needs scapy (a test dependency: ./scripts/test installs it)")
     running = Olm(netns)
     yield running
     if running.up.proc.poll() is None:
