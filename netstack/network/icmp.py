@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from netstack.counters import Counters
 from netstack.errors import ParseError, StackError
 from netstack.header import icmpv4, icmpv6
 from netstack.header.ipv4 import IPv4Header
@@ -170,20 +171,35 @@ class ICMP:
         else:
             ihl = orig.header_length
             src, dst, proto = orig.src, orig.dst, orig.protocol
-        header = bytes(quoted[ihl : ihl + 64])
+        mtu = msg.mtu if control is Control.PACKET_TOO_BIG else 0
+        self._to_transport(c, control, src, dst, proto, bytes(quoted[ihl : ihl + 64]), mtu)
+
+    def _to_transport(
+        self,
+        c: Counters,
+        control: Control,
+        src: bytes,
+        dst: bytes,
+        proto: int,
+        header: bytes,
+        mtu: int,
+    ) -> None:
+        """Hand an ICMP error to the transport that sent the quoted packet from ``src``.
+
+        The quote must name one of our addresses as its source and carry at least the first
+        8 octets of the transport header (RFC 1122 3.2.2, RFC 4443 2.4(c)); a Fragmentation
+        Needed / Packet Too Big lowers the path MTU first (RFC 1191, RFC 8201).
+        """
         if not self.stack.is_local(src) or len(header) < 8:
             c.inc("malformed.bad_quote")
             return
-        info = 0
-        if control is Control.PACKET_TOO_BIG:
-            info = msg.mtu
-            if info:
-                self.stack.update_path_mtu(dst, info)
+        if mtu:
+            self.stack.update_path_mtu(dst, mtu)
         transport = self.stack.transports.get(proto)
         if transport is None:
             c.inc("error_no_transport")
             return
-        transport.handle_control(control, src, dst, header, info)
+        transport.handle_control(control, src, dst, header, mtu)
 
     def send_error_v4(self, nic: NIC, packet: bytes, type_: int, code: int, rest: int = 0) -> bool:
         """Send an ICMPv4 error about ``packet`` unless RFC 1122 section 3.2.2 forbids it."""
@@ -284,18 +300,8 @@ class ICMP:
             c.inc("malformed.bad_quote")
             return
         header = bytes(quoted[chain.upper_offset : chain.upper_offset + 64])
-        if not self.stack.is_local(src) or len(header) < 8:
-            c.inc("malformed.bad_quote")
-            return
-        info = 0
-        if control is Control.PACKET_TOO_BIG:
-            info = msg.mtu
-            self.stack.update_path_mtu(dst, info)
-        transport = self.stack.transports.get(chain.upper_protocol)
-        if transport is None:
-            c.inc("error_no_transport")
-            return
-        transport.handle_control(control, src, dst, header, info)
+        mtu = msg.mtu if control is Control.PACKET_TOO_BIG else 0
+        self._to_transport(c, control, src, dst, chain.upper_protocol, header, mtu)
 
     def send_error_v6(self, nic: NIC, packet: bytes, type_: int, code: int, rest: int = 0) -> bool:
         """Send an ICMPv6 error about ``packet`` unless RFC 4443 section 2.4(e) forbids it."""
