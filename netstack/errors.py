@@ -21,3 +21,7 @@ class ParseError(ValueError):
 
 class StackError(Exception):
     """A request to the stack that cannot be carried out (bad address, no route, port in use)."""
+
+
+class MessageTooLongError(StackError):
+    """A datagram is larger than its protocol can carry (EMSGSIZE)."""

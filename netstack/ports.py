@@ -1,9 +1,10 @@
 """The port table and the transport demultiplexer.
 
-Endpoints register under one of two kinds of key:
+There is one :class:`Demux` per transport protocol. Endpoints register under one of two kinds
+of key:
 
-* connected: ``(protocol, local address, local port, remote address, remote port)``
-* bound: ``(protocol, local address, local port)``, where the local address may be the
+* connected: ``(local address, local port, remote address, remote port)``
+* bound: ``(local address, local port)``, where the local address may be the
   unspecified address of its family (``0.0.0.0`` or ``::``) to receive on every address.
 
 An inbound packet is matched against the exact 4-tuple first, then against its destination

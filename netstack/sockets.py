@@ -142,6 +142,9 @@ class UDPSocket:
             return self._queue.popleft()
         if self._endpoint.closed:
             raise OSError(errno.EBADF, "socket is closed")
+        if self._waiter is not None and not self._waiter.done():
+            # As asyncio.StreamReader: one reader at a time, or the first would wait forever.
+            raise RuntimeError("recvfrom() is already waiting for a datagram on this socket")
         waiter: asyncio.Future[tuple[bytes, Address]] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         try:
@@ -209,10 +212,13 @@ class UDPSocket:
 
 def _os_error(exc: StackError) -> OSError:
     """Translate a stack refusal into the OSError a socket would raise."""
+    from netstack.errors import MessageTooLongError
     from netstack.ports import PortInUseError, PortsExhaustedError
     from netstack.stack import AddressError, NoRouteError
 
-    if isinstance(exc, PortInUseError):
+    if isinstance(exc, MessageTooLongError):
+        code = errno.EMSGSIZE
+    elif isinstance(exc, PortInUseError):
         code = errno.EADDRINUSE
     elif isinstance(exc, PortsExhaustedError):
         code = errno.EAGAIN
@@ -239,6 +245,11 @@ class StackDatagramTransport(asyncio.DatagramTransport):
         self._protocol.datagram_received(payload, (format_address(src), port))
 
     def _error(self, control: Control, remote: bytes, port: int) -> None:
+        if self._endpoint.remote_addr is None:
+            # Like Linux without IP_RECVERR: an unconnected socket does not see ICMP errors,
+            # which anyone can forge about any of its datagrams.
+            self._stack.udp.counters.inc("control_ignored_unconnected")
+            return
         self._protocol.error_received(control_error(control))
 
     def sendto(self, data: Any, addr: Any = None) -> None:

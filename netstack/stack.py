@@ -102,6 +102,7 @@ class StackOptions:
     icmp_burst: int = 50
     udp_receive_queue: int = 512  # datagrams queued per UDP socket before drops
     pmtu_entries: int = 1024
+    route_cache_entries: int = 4096  # cached route lookups; the cache is flushed when full
     pmtu_lifetime: float = 600.0  # RFC 8201 section 4: retry a larger PMTU after ~10 minutes
     ephemeral_ports: tuple[int, int] = (32768, 60999)
 
@@ -261,7 +262,7 @@ class Stack:
         self.rng = random.Random(seed)
         self.counters = Counters()
         self.nics: dict[str, NIC] = {}
-        self.routes = RouteTable()
+        self.routes = RouteTable(self.options.route_cache_entries)
         self._local_addresses: dict[bytes, NIC] = {}
         self._pmtu: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
         # (remote, requested local) -> (route, valid until); cleared on any change that could
@@ -297,6 +298,8 @@ class Stack:
         nic.link.attach(None)
         for entry in nic.addresses:
             self._local_addresses.pop(entry.address, None)
+            if len(entry.address) == 16:
+                self.ipv6.leave_solicited_node(entry.address)
         self.routes.remove_nic(nic)
         self._route_cache.clear()
 
@@ -324,6 +327,8 @@ class Stack:
         if nic is None:
             raise AddressError(f"{address} is not assigned")
         nic.addresses = [e for e in nic.addresses if e.address != packed]
+        if len(packed) == 16:
+            self.ipv6.leave_solicited_node(packed)
         self._route_cache.clear()
 
     def add_route(self, destination: str, nic_name: str, gateway: str | None = None) -> None:
@@ -360,8 +365,9 @@ class Stack:
         if cached is not None and cached[1] > self.clock.now():
             return cached[0]
         route = self._find_route(remote, local)
-        if len(self._route_cache) >= 4096:
+        if len(self._route_cache) >= self.options.route_cache_entries:
             self._route_cache.clear()
+            self.counters.inc("route.cache_flushes")
         pmtu = self._pmtu.get(remote)
         self._route_cache[key] = (route, pmtu[1] if pmtu else float("inf"))
         return route
@@ -397,9 +403,19 @@ class Stack:
         return min(mtu, link_mtu)
 
     def update_path_mtu(self, remote: bytes, mtu: int) -> None:
-        """Lower the path MTU to ``remote`` after a Fragmentation Needed / Packet Too Big."""
-        floor = 68 if len(remote) == 4 else 1280  # RFC 791 / RFC 8200 section 5 minimums
-        mtu = max(mtu, floor)
+        """Lower the path MTU to ``remote`` after a Fragmentation Needed / Packet Too Big.
+
+        Never raises the estimate (RFC 1191 section 6.3, RFC 8201 section 4); a value below
+        the family's minimum (68, RFC 791; 1280, RFC 8200 section 5) is discarded, as RFC 8201
+        section 4 requires for IPv6, not clamped.
+        """
+        floor = 68 if len(remote) == 4 else 1280
+        if mtu < floor:
+            self.counters.inc("route.pmtu_below_minimum")
+            return
+        current = self._pmtu.get(remote)
+        if current is not None and self.clock.now() < current[1] and mtu >= current[0]:
+            return
         self._pmtu[remote] = (mtu, self.clock.now() + self.options.pmtu_lifetime)
         self._pmtu.move_to_end(remote)
         if len(self._pmtu) > self.options.pmtu_entries:

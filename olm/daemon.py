@@ -21,6 +21,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -87,24 +88,44 @@ class Service:
             )
             self._tcp.append(server)
 
-    def reload(self, settings: Settings, resolv_conf: str | Path = "/etc/resolv.conf") -> None:
-        """Switch to the upstreams and policy of ``settings``; queries in flight are unaffected."""
+    RELOADABLE = frozenset({"upstreams", "policy", "timeout", "deadline", "max_inflight"})
+    """Settings a SIGHUP applies; the others (the TUN, addresses, TCP limits...) need a restart."""
+
+    def reload(self, settings: Settings, resolv_conf: str | Path = "/etc/resolv.conf") -> list[str]:
+        """Apply the reloadable settings; return the changed ones that need a restart.
+
+        Queries in flight keep the upstream list they started with; new ones use the new list.
+        """
         upstreams = settings.upstream_list(resolv_conf)
         self.resolver.upstreams = list(upstreams)
         self.resolver.policy = type(self.resolver.policy)(settings.policy)
         self.resolver.timeout = settings.timeout
         self.resolver.deadline = settings.deadline
-        self.settings = settings
+        self.proxy.max_inflight = settings.max_inflight
+        old = self.settings
+        ignored = [
+            name
+            for name in Settings.__dataclass_fields__
+            if name not in self.RELOADABLE and getattr(old, name) != getattr(settings, name)
+        ]
+        # Keep describing what is in force: the non-reloadable fields stay as they were.
+        self.settings = replace(settings, **{name: getattr(old, name) for name in ignored})
+        return ignored
 
     async def stop(self) -> None:
-        """Stop accepting queries, finish those in flight (up to the deadline), then close."""
-        for transport in self._udp:
-            transport.close()
+        """Stop accepting queries, finish those in flight (up to the deadline), then close.
+
+        New queries arriving meanwhile are answered REFUSED (RFC 8906: always answer); the UDP
+        endpoints stay open until the queries in flight have had their answers sent.
+        """
+        self.proxy.accepting = False
         for server in self._tcp:
-            server.close()
+            server.close()  # no new connections; open ones finish their queries
         finished = await self.proxy.drain(self.resolver.deadline + 1.0)
         if not finished:
             log.warning("stopping with %d queries unanswered", self.proxy.inflight)
+        for transport in self._udp:
+            transport.close()
         await self.proxy.close()
         for server in self._tcp:
             with contextlib.suppress(Exception):
@@ -187,10 +208,12 @@ class Daemon:
             return
         try:
             settings = self.reload_settings()
-            self.service.reload(settings, self.resolv_conf)
+            ignored = self.service.reload(settings, self.resolv_conf)
         except (ConfigError, UpstreamConfigError) as exc:
             log.error("reload failed, keeping the old settings: %s", exc)
             return
+        if ignored:
+            log.warning("reload: %s changed but take effect only on restart", ", ".join(ignored))
         ups = ", ".join(str(u) for u in self.service.resolver.upstreams)
         log.info("reloaded: upstreams %s, policy %s", ups, settings.policy)
         print(f"olm: reloaded, upstreams {ups}", flush=True)

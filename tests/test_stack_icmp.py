@@ -150,12 +150,18 @@ def test_packet_too_big_lowers_path_mtu() -> None:
     assert len(link.drain()) == 1
 
 
-def test_ttl_zero_and_bad_source_are_dropped() -> None:
+def test_ttl_zero_is_delivered_and_bad_source_dropped() -> None:
+    """RFC 1122 3.2.1.7: a host never drops for a low TTL; 3.2.1.3: nor accepts a bad source."""
+    from netstack.transport.udp import UDPEndpoint
+
     stack, link, _ = make_stack()
-    link.inject(udp_packet(HOST4, STACK4, 1, 9, b"x", ttl=0))
+    got: list[bytes] = []
+    ep = UDPEndpoint(stack, lambda p, *_: got.append(p))
+    ep.bind(a(STACK4), 9)
+    link.inject(udp_packet(HOST4, STACK4, 1, 9, b"ttl0", ttl=0))
     link.inject(udp_packet("224.0.0.1", STACK4, 1, 9, b"x"))
+    assert got == [b"ttl0"]
     assert link.drain() == []
-    assert stack.counters.get("ipv4.malformed.ttl_zero") == 1
     assert stack.counters.get("ipv4.malformed.bad_source") == 1
 
 
@@ -178,3 +184,58 @@ def test_truncated_and_garbage_packets_are_counted() -> None:
     assert c["ipv4.malformed.truncated"] == 1
     assert c["ipv6.malformed.truncated"] == 1
     assert c["nic.eth0.rx_unknown_version"] == 2
+
+
+def test_path_mtu_is_never_raised_and_never_below_the_minimum() -> None:
+    """RFC 1191 6.3 / RFC 8201 4: Too Big messages only lower; below 1280 (IPv6) is discarded."""
+    stack, _, _ = make_stack()
+    remote = a(HOST6)
+    stack.update_path_mtu(remote, 1400)
+    stack.update_path_mtu(remote, 1480)  # a larger value does not raise the estimate
+    assert stack.path_mtu(remote, 1500) == 1400
+    stack.update_path_mtu(remote, 1000)  # below the IPv6 minimum: discarded, not clamped
+    assert stack.path_mtu(remote, 1500) == 1400
+    assert stack.counters.get("route.pmtu_below_minimum") == 1
+    stack.update_path_mtu(remote, 1280)
+    assert stack.path_mtu(remote, 1500) == 1280
+
+
+def test_fragmentation_needed_about_a_datagram_without_df_is_ignored() -> None:
+    """RFC 1191 section 3: only a DF datagram draws Fragmentation Needed; ours (UDP) had none."""
+    from netstack.transport.udp import UDPEndpoint
+
+    stack, link, _ = make_stack()
+    ep = UDPEndpoint(stack)
+    ep.bind(a(STACK4), 4444)
+    ep.sendto(bytes(1400), a(HOST4), 53)
+    (sent,) = link.drain()
+    assert not sent[6] & 0x40  # UDP over IPv4 goes without DF
+    forged = icmpv4.ICMPv4Message(
+        icmpv4.DEST_UNREACHABLE, icmpv4.FRAGMENTATION_NEEDED, 576, sent[:28]
+    )
+    link.inject(_icmp4(HOST4, STACK4, forged))
+    assert stack.path_mtu(a(HOST4), 1500) == 1500
+    assert stack.counters.get("icmpv4.pmtu_ignored_no_df") == 1
+    # The same message about a DF datagram (TCP sets DF) is believed.
+    with_df = bytearray(sent[:28])
+    with_df[6] |= 0x40
+    real = icmpv4.ICMPv4Message(
+        icmpv4.DEST_UNREACHABLE, icmpv4.FRAGMENTATION_NEEDED, 576, bytes(with_df)
+    )
+    link.inject(_icmp4(HOST4, STACK4, real))
+    assert stack.path_mtu(a(HOST4), 1500) == 576
+
+
+def test_solicited_node_groups_follow_the_addresses() -> None:
+    """RFC 4291 2.7.1: a group is joined per address and left with the last address needing it."""
+    from netstack.network.ipv6 import solicited_node
+
+    stack, _, _ = make_stack()
+    stack.add_address("eth0", "2001:db8::1:ab:cdef/64")
+    stack.add_address("eth0", "2001:db8::2:ab:cdef/64")  # same low 24 bits: same group
+    group = solicited_node(a("2001:db8::1:ab:cdef"))
+    assert group in stack.ipv6.groups
+    stack.remove_address("2001:db8::1:ab:cdef")
+    assert group in stack.ipv6.groups  # still needed by ::2:ab:cdef
+    stack.remove_address("2001:db8::2:ab:cdef")
+    assert group not in stack.ipv6.groups

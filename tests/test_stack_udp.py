@@ -327,3 +327,50 @@ def test_no_route_is_an_os_error() -> None:
     with pytest.raises(OSError) as info:
         sock.sendto(b"x", ("192.0.2.1", 53))
     assert info.value.errno == errno.ENETUNREACH
+
+
+def test_oversized_datagram_is_emsgsize() -> None:
+    """RFC 791 3.1: over IPv4 a UDP payload tops out at 65507 bytes (65527 over IPv6)."""
+    stack, _, _ = make_stack()
+    sock = UDPSocket(stack)
+    sock.bind((STACK4, 5000))
+    sock.sendto(bytes(65507), (HOST4, 9))
+    with pytest.raises(OSError) as info:
+        sock.sendto(bytes(65508), (HOST4, 9))
+    assert info.value.errno == errno.EMSGSIZE
+
+
+def test_a_second_concurrent_reader_is_refused() -> None:
+    stack, _, _ = make_stack()
+
+    async def main() -> None:
+        sock = UDPSocket(stack)
+        sock.bind((STACK4, 53))
+        first = asyncio.ensure_future(sock.recv())
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="already waiting"):
+            await sock.recv()
+        first.cancel()
+
+    asyncio.run(main())
+
+
+def test_unconnected_transport_ignores_icmp_errors() -> None:
+    """Only a connected endpoint hears of ICMP errors (like Linux without IP_RECVERR)."""
+    st_a, _, wire = _two_stacks()
+
+    class Client(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.errors: list[Exception] = []
+
+        def error_received(self, exc: Exception) -> None:
+            self.errors.append(exc)
+
+    async def main() -> None:
+        t, client = await create_datagram_endpoint(st_a, Client, local_addr=("10.0.0.1", 4000))
+        t.sendto(b"x", (STACK4, 9))
+        wire.pump()
+        assert client.errors == []
+
+    asyncio.run(main())
+    assert st_a.counters.get("udp.control_ignored_unconnected") == 1

@@ -627,9 +627,10 @@ def test_half_open_connection_reset_returns_to_listen() -> None:
 
 def _icmp_about(ctx: Ctx, quoted: TCPHeader, code: int, mtu: int = 0) -> None:
     src, dst = a(ctx.local), a(ctx.peer)
-    inner = IPv4Header(src=src, dst=dst, protocol=IPPROTO_TCP, ttl=64, ident=2).pack(
-        build_tcp(src, dst, quoted)
-    )
+    # The quote is of a segment as TCP sends it: with DF (RFC 1191 section 3).
+    inner = IPv4Header(
+        src=src, dst=dst, protocol=IPPROTO_TCP, ttl=64, ident=2, dont_fragment=True
+    ).pack(build_tcp(src, dst, quoted))
     msg = icmpv4.ICMPv4Message(icmpv4.DEST_UNREACHABLE, code, mtu, inner[:28])
     ctx.link.inject(
         IPv4Header(src=dst, dst=src, protocol=IPPROTO_ICMP, ttl=64, ident=3).pack(msg.build())

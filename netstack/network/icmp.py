@@ -171,7 +171,14 @@ class ICMP:
         else:
             ihl = orig.header_length
             src, dst, proto = orig.src, orig.dst, orig.protocol
-        mtu = msg.mtu if control is Control.PACKET_TOO_BIG else 0
+        mtu = 0
+        if control is Control.PACKET_TOO_BIG:
+            # RFC 1191 section 3: Fragmentation Needed only answers a datagram sent with DF.
+            # One about a datagram we let routers fragment is forged: ignore its MTU.
+            if len(quoted) >= 8 and quoted[6] & 0x40:
+                mtu = msg.mtu
+            else:
+                c.inc("pmtu_ignored_no_df")
         self._to_transport(c, control, src, dst, proto, bytes(quoted[ihl : ihl + 64]), mtu)
 
     def _to_transport(

@@ -56,10 +56,8 @@ class IPv4Protocol:
         except ParseError as exc:
             c.inc("malformed." + exc.reason)
             return
-        if hdr.ttl == 0:
-            # RFC 791 section 3.2: a datagram whose TTL is zero must be destroyed.
-            c.inc("malformed.ttl_zero")
-            return
+        # No TTL check: RFC 1122 section 3.2.1.7, a host MUST NOT discard a datagram just
+        # because it was received with TTL less than 2 (expiry is the forwarding router's job).
         stack = self.stack
         if not stack.is_local(hdr.dst):
             c.inc("not_for_us.multicast" if is_multicast_or_broadcast(hdr.dst) else "not_for_us")
@@ -121,6 +119,10 @@ class IPv4Protocol:
         dont_fragment: bool = False,
     ) -> bool:
         """Send ``payload`` as one IPv4 datagram along ``route``, fragmenting it if needed."""
+        if len(payload) > 0xFFFF - IPV4_MIN_HEADER_LEN:
+            # RFC 791 section 3.1: Total Length is 16 bits, fragmented or not.
+            self.counters.inc("send_too_big")
+            return False
         ttl = ttl if ttl is not None else self.stack.options.default_ttl
         ident = self.next_ident()
         c = self.counters.values

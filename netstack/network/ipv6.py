@@ -64,11 +64,23 @@ class IPv6Protocol:
             max_payload=65535,
             on_timeout=self._reassembly_timeout,
         )
-        self.groups: set[bytes] = {ALL_NODES}
+        # Multicast groups joined, with how many of our addresses need each (RFC 4291 2.7.1:
+        # addresses that share their low 24 bits share a solicited-node group).
+        self.groups: dict[bytes, int] = {ALL_NODES: 1}
 
     def join_solicited_node(self, address: bytes) -> None:
         """Listen on the solicited-node group of a newly assigned address."""
-        self.groups.add(solicited_node(address))
+        group = solicited_node(address)
+        self.groups[group] = self.groups.get(group, 0) + 1
+
+    def leave_solicited_node(self, address: bytes) -> None:
+        """Stop listening for an address that was removed (if no other address needs it)."""
+        group = solicited_node(address)
+        left = self.groups.get(group, 0) - 1
+        if left > 0:
+            self.groups[group] = left
+        else:
+            self.groups.pop(group, None)
 
     # -- receive ---------------------------------------------------------------------------
 

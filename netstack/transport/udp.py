@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from netstack.errors import ParseError, StackError
+from netstack.errors import MessageTooLongError, ParseError, StackError
 from netstack.header.numbers import IPPROTO_UDP
 from netstack.header.udp import UDPHeader, build_udp, udp_checksum_ok
 from netstack.ports import Demux, unspecified
@@ -179,8 +179,10 @@ class UDPEndpoint:
             addr, port = self.remote_addr, self.remote_port
         if not 0 < port <= 0xFFFF:
             raise StackError(f"bad port {port}")
-        if len(payload) > 65535 - 8:
-            raise StackError("datagram too large")
+        # RFC 768: the UDP length is 16 bits; over IPv4 the 20-byte header must fit in the
+        # 65535-byte Total Length too (RFC 791 section 3.1).
+        if len(payload) > (65507 if len(addr) == 4 else 65527):
+            raise MessageTooLongError(f"a {len(payload)}-byte datagram cannot be sent")
         if self.local_addr is None:
             self.bind(unspecified(len(addr)), 0)
         local = self.local_addr

@@ -43,7 +43,8 @@ class DnsProxy:
     a query is answered REFUSED at once (RFC 1035 section 4.1.1). Counters (under
     ``counters``): ``queries.udp``, ``queries.tcp``, ``dropped.unreadable``,
     ``dropped.response``, ``formerr``, ``notimp``, ``badvers``, ``refused_inflight``,
-    ``servfail``, ``answered``, ``truncated``, ``send_error``, ``internal_error``, plus the
+    ``servfail``, ``answered``, ``truncated``, ``send_error``, ``icmp_error`` (an ICMP error
+    about one of our replies), ``refused_stopping``, ``internal_error``, plus the
     resolver's ``upstream.*`` and the TCP server's ``tcp.*``.
     """
 
@@ -66,6 +67,7 @@ class DnsProxy:
         self._queries = self.counters.child("queries")
         self._dropped = self.counters.child("dropped")
         self.inflight = 0
+        self.accepting = True  # False while shutting down: new queries get REFUSED
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.tcp = TcpServer(
@@ -92,6 +94,9 @@ class DnsProxy:
             else:
                 self.counters.inc(verdict.reason)
             return verdict.reply
+        if not self.accepting:
+            self.counters.inc("refused_stopping")
+            return bytes(error_reply(verdict, RCODE.REFUSED).pack())
         if self.inflight >= self.max_inflight:
             self.counters.inc("refused_inflight")
             return bytes(error_reply(verdict, RCODE.REFUSED).pack())
@@ -244,11 +249,13 @@ class DnsDatagramProtocol(asyncio.DatagramProtocol):
             return
 
         def reply(answer: bytes) -> None:
-            if not transport.is_closing():
+            if transport.is_closing():
+                self.proxy._dropped.inc("closing")  # the endpoint closed while resolving
+            else:
                 transport.sendto(answer, addr)
 
         self.proxy.handle_datagram(data, reply)
 
     def error_received(self, exc: Exception) -> None:
         """Count an ICMP error about an earlier reply; there is nothing else to do."""
-        self.proxy.counters.inc("send_error")
+        self.proxy.counters.inc("icmp_error")
