@@ -687,3 +687,18 @@ def test_rfc6528_isn_depends_on_the_4_tuple_and_the_clock() -> None:
     other = Ctx()
     other.stack.rng.seed(99)
     assert add_tcp(other.stack).isn(loc, 1000, r, 80) != first  # a different secret
+
+
+def test_rfc1122_4_2_3_10_segment_to_multicast_is_dropped_silently() -> None:
+    from netstack.header.ipv6 import IPv6Header
+    from netstack.header.numbers import IPPROTO_TCP as TCP
+
+    ctx = Ctx(v6=True)
+    ctx.listener()
+    src, group = a(ctx.peer), a("ff02::1")
+    syn = TCPHeader(PEER_PORT, 80, PEER_ISN, 0, SYN, 65535)
+    ctx.link.inject(
+        IPv6Header(src=src, dst=group, next_header=TCP).pack(build_tcp(src, group, syn))
+    )
+    assert ctx.out() == []
+    assert ctx.count("segments.multicast_dropped") == 1

@@ -116,6 +116,11 @@ class TCPProtocol:
         if not tcp_checksum_ok(src, dst, payload):
             c.inc("segments.bad_checksum")
             return
+        if dst[0] == 0xFF if len(dst) == 16 else dst[0] >= 224:
+            # RFC 1122 section 4.2.3.10: a TCP segment to a multicast or broadcast address is
+            # silently discarded (no RST: that would answer a whole group).
+            c.inc("segments.multicast_dropped")
+            return
         data = payload[hdr.header_length :]
         ep = self.demux.lookup(dst, hdr.dst_port, src, hdr.src_port)
         if ep is None:
