@@ -260,3 +260,48 @@ def test_build_datagram_equals_header_pack(
     ).pack(payload)
     assert fast == slow
     assert checksum(fast[:20]) == 0
+
+
+_BUILT = st.builds(
+    lambda src, dst, proto, payload, ident, mf, offset: IPv4Header(
+        src=src,
+        dst=dst,
+        protocol=proto,
+        ident=ident,
+        more_fragments=mf,
+        fragment_offset=offset * 8,
+    ).pack(payload),
+    st.binary(min_size=4, max_size=4),
+    st.binary(min_size=4, max_size=4),
+    st.integers(0, 255),
+    st.binary(max_size=40),
+    st.integers(0, 0xFFFF),
+    st.booleans(),
+    st.integers(0, 0x1FFF),
+)
+
+
+@given(st.one_of(st.binary(max_size=80), _BUILT))
+def test_parse_fields_agrees_with_parse_on_any_bytes(data: bytes) -> None:
+    """The receive path's tuple parser accepts and rejects exactly what the record parser does."""
+    from netstack.header.ipv4 import parse_fields
+
+    try:
+        record = IPv4Header.parse(data)
+    except ParseError as exc:
+        with pytest.raises(ParseError) as fast:
+            parse_fields(data)
+        assert fast.value.reason == exc.reason
+        return
+    hl, total, ident, flags, ttl, proto, src, dst = parse_fields(data)
+    assert (hl, total, ident, ttl, proto, src, dst) == (
+        record.header_length,
+        record.total_length,
+        record.ident,
+        record.ttl,
+        record.protocol,
+        record.src,
+        record.dst,
+    )
+    assert (flags & 0x1FFF) << 3 == record.fragment_offset
+    assert bool(flags & 0x2000) == record.more_fragments

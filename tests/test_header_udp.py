@@ -118,3 +118,22 @@ def test_build_rejects_bad_values() -> None:
     with pytest.raises(ValueError):
         build_udp(bytes(4), bytes(4), 1, 53, bytes(0xFFFF - 7))
     assert len(build_udp(bytes(4), bytes(4), 1, 53, bytes(0xFFFF - 8))) == 0xFFFF
+
+
+@given(st.binary(max_size=40))
+def test_parse_fields_agrees_with_parse_on_any_bytes(data: bytes) -> None:
+    from netstack.header.udp import parse_fields
+
+    try:
+        record = UDPHeader.parse(data)
+    except ParseError as exc:
+        with pytest.raises(ParseError) as fast:
+            parse_fields(data)
+        assert fast.value.reason == exc.reason
+        return
+    assert parse_fields(data) == (
+        record.src_port,
+        record.dst_port,
+        record.length,
+        record.checksum,
+    )

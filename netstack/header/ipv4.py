@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from netstack.errors import ParseError
-from netstack.header.checksum import checksum
+from netstack.header.checksum import checksum, ones_sum
 
 IPV4_MIN_HEADER_LEN: Final = 20
 """Length of a header without options (IHL = 5)."""
@@ -148,31 +148,18 @@ class IPv4Header:
         Raises ParseError with reason "truncated", "bad_version", "bad_header_length",
         "bad_total_length", "bad_checksum" or "bad_option".
         """
-        n = len(buf)
-        if n < IPV4_MIN_HEADER_LEN:
-            raise ParseError("truncated", f"{n} bytes, IPv4 header needs 20")
-        (vihl, tos, total, ident, flags, ttl, proto, csum, src, dst) = _HEADER.unpack_from(buf)
-        if vihl >> 4 != 4:
-            raise ParseError("bad_version", f"version {vihl >> 4}")
-        header_length = (vihl & 0xF) << 2
-        if header_length < IPV4_MIN_HEADER_LEN or header_length > n:
-            raise ParseError("bad_header_length", f"IHL {header_length} with {n} bytes")
-        # RFC 791 section 3.1: Total Length covers header and data; bytes past it are link
-        # padding (an Ethernet minimum frame, for one) that the caller trims.
-        if total < header_length or total > n:
-            raise ParseError("bad_total_length", f"total length {total}, {n} bytes")
-        if verify_checksum and checksum(buf[:header_length]) != 0:
-            raise ParseError("bad_checksum", f"header checksum {csum:#06x}")
+        header_length, total, ident, flags, ttl, proto, src, dst = parse_fields(
+            buf, verify_checksum=verify_checksum
+        )
         options = b""
         if header_length > IPV4_MIN_HEADER_LEN:
             options = bytes(buf[IPV4_MIN_HEADER_LEN:header_length])
-            parse_options(options)
         return cls(
             src,
             dst,
             proto,
             ttl,
-            tos,
+            buf[1],
             ident,
             bool(flags & _FLAG_RESERVED),
             bool(flags & _FLAG_DF),
@@ -180,8 +167,39 @@ class IPv4Header:
             (flags & _OFFSET_MASK) << 3,
             total,
             options,
-            csum,
+            (buf[10] << 8) | buf[11],
         )
+
+
+def parse_fields(
+    buf: Buffer, *, verify_checksum: bool = True
+) -> tuple[int, int, int, int, int, int, bytes, bytes]:
+    """Validate the header at the start of ``buf`` and return its fields as a plain tuple.
+
+    ``(header_length, total_length, ident, flags_and_offset, ttl, protocol, src, dst)``, where
+    ``flags_and_offset`` is the raw 16-bit word (flags in the top 3 bits, the offset in 8-octet
+    units below). The checks and ParseError reasons are those of :meth:`IPv4Header.parse`,
+    which is built on this; the receive path uses it directly to skip building a record.
+    """
+    n = len(buf)
+    if n < IPV4_MIN_HEADER_LEN:
+        raise ParseError("truncated", f"{n} bytes, IPv4 header needs 20")
+    vihl, _tos, total, ident, flags, ttl, proto, _csum, src, dst = _HEADER.unpack_from(buf)
+    if vihl >> 4 != 4:
+        raise ParseError("bad_version", f"version {vihl >> 4}")
+    header_length = (vihl & 0xF) << 2
+    if header_length < IPV4_MIN_HEADER_LEN or header_length > n:
+        raise ParseError("bad_header_length", f"IHL {header_length} with {n} bytes")
+    # RFC 791 section 3.1: Total Length covers header and data; bytes past it are link
+    # padding (an Ethernet minimum frame, for one) that the caller trims.
+    if total < header_length or total > n:
+        raise ParseError("bad_total_length", f"total length {total}, {n} bytes")
+    # RFC 1071: a correct header sums to 0xFFFF (its checksum over itself is zero).
+    if verify_checksum and ones_sum(buf[:header_length]) != 0xFFFF:
+        raise ParseError("bad_checksum", f"header checksum {_csum:#06x}")
+    if header_length > IPV4_MIN_HEADER_LEN:
+        parse_options(buf[IPV4_MIN_HEADER_LEN:header_length])
+    return header_length, total, ident, flags, ttl, proto, src, dst
 
 
 def build_datagram(

@@ -52,13 +52,22 @@ class UDPHeader:
         Raises ParseError("truncated") below 8 bytes and ParseError("bad_length") when the
         Length field is below 8 or beyond the buffer.
         """
-        n = len(buf)
-        if n < UDP_HEADER_LEN:
-            raise ParseError("truncated", f"{n} bytes, UDP header needs 8")
-        sport, dport, length, csum = _HEADER.unpack_from(buf)
-        if length < UDP_HEADER_LEN or length > n:
-            raise ParseError("bad_length", f"UDP length {length}, {n} bytes")
-        return cls(sport, dport, length, csum)
+        return cls(*parse_fields(buf))
+
+
+def parse_fields(buf: Buffer) -> tuple[int, int, int, int]:
+    """Validate the header at the start of ``buf``; return (src port, dst port, length, checksum).
+
+    The checks and ParseError reasons of :meth:`UDPHeader.parse`, which is built on this; the
+    receive path uses it directly to skip building a record.
+    """
+    n = len(buf)
+    if n < UDP_HEADER_LEN:
+        raise ParseError("truncated", f"{n} bytes, UDP header needs 8")
+    sport, dport, length, csum = _HEADER.unpack_from(buf)
+    if length < UDP_HEADER_LEN or length > n:
+        raise ParseError("bad_length", f"UDP length {length}, {n} bytes")
+    return sport, dport, length, csum
 
 
 def build_udp(
