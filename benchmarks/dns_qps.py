@@ -92,73 +92,26 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("example.test A\nwww.example.test A\nexample.test AAAA\n" * 10)
         datafile = f.name
+    # Both forwarders get the same upstream; dnslib.proxy is told explicitly (its default
+    # upstream is a public resolver) and keeps quiet (no per-query logging, like olm).
+    olm = [
+        "-m",
+        "olm",
+        "up",
+        "--tun",
+        "bench0",
+        "--upstream",
+        "127.0.0.1:5300",
+        "--log-level",
+        "WARNING",
+    ]
+    dnslib = ["-m", "dnslib.proxy", "-a", "127.0.0.1", "-p", "5353", "-u", "127.0.0.1:5300"]
     log_off = "--log=-request,-reply,-truncated,-error,-recv,-send,-data"
     servers: dict[str, tuple[list[str], str, int, str]] = {
-        "olm udp": (
-            [
-                "-m",
-                "olm",
-                "up",
-                "--tun",
-                "bench0",
-                "--upstream",
-                "127.0.0.1:5300",
-                "--log-level",
-                "WARNING",
-            ],
-            "10.30.30.30",
-            53,
-            "udp",
-        ),
-        "olm tcp": (
-            [
-                "-m",
-                "olm",
-                "up",
-                "--tun",
-                "bench0",
-                "--upstream",
-                "127.0.0.1:5300",
-                "--log-level",
-                "WARNING",
-            ],
-            "10.30.30.30",
-            53,
-            "tcp",
-        ),
-        "dnslib.proxy udp": (
-            [
-                "-m",
-                "dnslib.proxy",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                "5353",
-                "-u",
-                "127.0.0.1:5300",
-                log_off,
-            ],
-            "127.0.0.1",
-            5353,
-            "udp",
-        ),
-        "dnslib.proxy tcp": (
-            [
-                "-m",
-                "dnslib.proxy",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                "5353",
-                "-u",
-                "127.0.0.1:5300",
-                "--tcp",
-                log_off,
-            ],
-            "127.0.0.1",
-            5353,
-            "tcp",
-        ),
+        "olm udp": (olm, "10.30.30.30", 53, "udp"),
+        "olm tcp": (olm, "10.30.30.30", 53, "tcp"),
+        "dnslib.proxy udp": ([*dnslib, log_off], "127.0.0.1", 5353, "udp"),
+        "dnslib.proxy tcp": ([*dnslib, "--tcp", log_off], "127.0.0.1", 5353, "tcp"),
         "bare TUN responder udp": (
             [str(HERE / "bare_tun_dns.py"), "--tun", "bench0"],
             "10.30.30.30",
