@@ -73,6 +73,38 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--mtu", type=int, help="TUN MTU (default: 1500)")
     up.add_argument("--pcap", metavar="FILE", help="write every packet on the TUN to a pcap file")
     up.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    cache = up.add_argument_group("cache (TOML [cache], OLM_CACHE_*; docs/dns.md)")
+    cache.add_argument(
+        "--no-cache",
+        dest="cache.enabled",
+        action="store_const",
+        const=False,
+        default=None,
+        help="answer every query from upstream",
+    )
+    for name, metavar, text in (
+        ("size", "ENTRIES", "entries at most (default 10000)"),
+        ("max_bytes", "BYTES", "bytes at most (default 16 MiB)"),
+        ("min_ttl", "SECONDS", "keep answers at least this long (default 0)"),
+        ("max_ttl", "SECONDS", "keep answers at most this long (default 86400)"),
+        ("max_negative_ttl", "SECONDS", "keep NXDOMAIN/NODATA at most this long (default 3600)"),
+        ("failure_ttl", "SECONDS", "keep SERVFAIL this long, 1 to 300 (default 5, RFC 9520)"),
+        ("stale_max_age", "SECONDS", "serve expired answers this long (default 86400)"),
+    ):
+        cache.add_argument(
+            "--cache-" + name.replace("_", "-"), dest="cache." + name, metavar=metavar, help=text
+        )
+    for name, text in (
+        ("serve_stale", "answer expired entries at once while refreshing (RFC 8767; off)"),
+        ("prefetch", "refresh entries asked for in the last tenth of their TTL (on)"),
+    ):
+        cache.add_argument(
+            "--cache-" + name.replace("_", "-"),
+            dest="cache." + name,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=text,
+        )
     up.add_argument(
         "--resolv-conf", default="/etc/resolv.conf", help=argparse.SUPPRESS
     )  # for tests: where default upstreams come from
@@ -108,6 +140,7 @@ def run_up(args: argparse.Namespace) -> int:
     from olm.daemon import Daemon, StartupError
 
     cli = {name: getattr(args, name) for name in _UP_FIELDS}
+    cli.update({k: v for k, v in vars(args).items() if k.startswith("cache.")})
 
     def load() -> Any:
         return load_settings(cli, os.environ, args.config)

@@ -8,7 +8,9 @@ its source so the user can find it::
     environment OLM_TIMEOUT: must be a number, not 'fast'
     --max-inflight: must be at least 1
 
-The TOML file is flat: one key per setting, spelt like the field (``max_inflight = 512``).
+The TOML file has one key per setting, spelt like the field (``max_inflight = 512``), and a
+``[cache]`` table for the cache's settings (``size = 50000``), which are ``cache.size`` in
+messages, ``OLM_CACHE_SIZE`` in the environment and ``--cache-size`` on the command line.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from olm.dns.cache import CacheSettings
 from olm.dns.upstream import (
     Policy,
     Upstream,
@@ -57,6 +60,7 @@ class Settings:
     pcap: str | None = None
     log_level: str = "INFO"
     mtu: int = 1500
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def upstream_list(self, resolv_conf: str | Path = "/etc/resolv.conf") -> list[Upstream]:
         """Return the configured upstreams, or the nameservers of ``resolv_conf`` if none are.
@@ -168,6 +172,28 @@ def _count(value: Any) -> int:
     return _integer(1, 2**31, value)
 
 
+def _size(value: Any) -> int:
+    return _integer(1, 2**31, value)
+
+
+def _ttl(value: Any) -> int:
+    return _integer(0, 2**31 - 1, value)  # RFC 2181 section 8: TTLs are 31-bit
+
+
+def _failure_ttl(value: Any) -> int:
+    return _integer(1, 300, value)  # RFC 9520 section 3.2: at least 1 s, at most 5 minutes
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, not {value!r}")
+
+
 def _mtu(value: Any) -> int:
     return _integer(68, 65535, value)  # RFC 791 section 3.2: every IPv4 link carries 68 bytes
 
@@ -199,25 +225,44 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "pcap": _optional_path,
     "log_level": _log_level,
     "mtu": _mtu,
+    "cache.enabled": _bool,
+    "cache.size": _size,
+    "cache.max_bytes": _size,
+    "cache.min_ttl": _ttl,
+    "cache.max_ttl": _ttl,
+    "cache.max_negative_ttl": _ttl,
+    "cache.failure_ttl": _failure_ttl,
+    "cache.serve_stale": _bool,
+    "cache.stale_max_age": _ttl,
+    "cache.prefetch": _bool,
 }
-assert set(_CHECKS) == {f.name for f in fields(Settings)}
+_TABLES = {"cache": CacheSettings}
+assert set(_CHECKS) == {f.name for f in fields(Settings) if f.name not in _TABLES} | {
+    f"{table}.{f.name}" for table, kind in _TABLES.items() for f in fields(kind)
+}
 
 
 def flag_name(name: str) -> str:
-    """Return the command-line flag of a setting (``max_inflight`` -> ``--max-inflight``)."""
-    return "--" + name.replace("_", "-")
+    """Return the command-line flag of a setting (``cache.min_ttl`` -> ``--cache-min-ttl``)."""
+    return "--" + name.replace(".", "-").replace("_", "-")
 
 
 def env_name(name: str) -> str:
-    """Return the environment variable of a setting (``max_inflight`` -> ``OLM_MAX_INFLIGHT``)."""
-    return "OLM_" + name.upper()
+    """Return the environment variable of a setting (``cache.size`` -> ``OLM_CACHE_SIZE``)."""
+    return "OLM_" + name.replace(".", "_").upper()
 
 
-def _key_line(text: str, key: str) -> int | None:
-    """Return the 1-based line where ``key`` is assigned in TOML ``text``, if it can be found."""
-    pattern = re.compile(rf"""^\s*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*=""")
+def _key_line(text: str, key: str, table: str = "") -> int | None:
+    """Return the 1-based line where ``key`` is assigned in TOML ``text`` (in ``[table]``)."""
+    quoted = re.escape(key)
+    pattern = re.compile(rf"""^\s*(?:{quoted}|"{quoted}"|'{quoted}')\s*=""")
+    header = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
+    current = ""
     for number, line in enumerate(text.splitlines(), 1):
-        if pattern.match(line):
+        found = header.match(line)
+        if found:
+            current = found.group(1)
+        elif current == table and pattern.match(line):
             return number
     return None
 
@@ -235,19 +280,26 @@ def _from_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None  # carries "(at line L, column C)"
     values: dict[str, Any] = {}
+    items: list[tuple[str, str, Any]] = []
     for key, raw in data.items():
-        line = _key_line(text, key)
+        if key in _TABLES and isinstance(raw, dict):
+            items.extend((key, sub, value) for sub, value in raw.items())
+        else:
+            items.append(("", key, raw))
+    for table, key, raw in items:
+        name = f"{table}.{key}" if table else key
+        line = _key_line(text, key, table)
         where = f"{path}:{line}" if line is not None else str(path)
-        check = _CHECKS.get(key)
+        check = _CHECKS.get(name)
         if check is None:
             known = ", ".join(_CHECKS)
-            raise ConfigError(f"{where}: unknown field {key!r} (known fields: {known})")
-        if isinstance(raw, str) and key in ("addresses", "upstreams"):
-            raise ConfigError(f"{where}: field {key!r}: must be a list of strings")
+            raise ConfigError(f"{where}: unknown field {name!r} (known fields: {known})")
+        if isinstance(raw, str) and name in ("addresses", "upstreams"):
+            raise ConfigError(f"{where}: field {name!r}: must be a list of strings")
         try:
-            values[key] = check(raw)
+            values[name] = check(raw)
         except ValueError as exc:
-            raise ConfigError(f"{where}: field {key!r}: {exc}") from None
+            raise ConfigError(f"{where}: field {name!r}: {exc}") from None
     return values
 
 
@@ -282,4 +334,26 @@ def load_settings(
             values[name] = flag_check(raw)
         except ValueError as exc:
             raise ConfigError(f"{flag_name(name)}: {exc}") from None
-    return Settings(**values)
+    return _build(values)
+
+
+def _build(values: dict[str, Any]) -> Settings:
+    """Make the Settings of checked values keyed by dotted name; check across fields."""
+    top = {name: value for name, value in values.items() if "." not in name}
+    tables: dict[str, Any] = {
+        table: kind(
+            **{
+                name.partition(".")[2]: value
+                for name, value in values.items()
+                if name.startswith(table + ".")
+            }
+        )
+        for table, kind in _TABLES.items()
+    }
+    settings = Settings(**top, cache=tables["cache"])
+    cache = settings.cache
+    if cache.min_ttl > cache.max_ttl:
+        raise ConfigError(
+            f"cache.min_ttl ({cache.min_ttl}) is above cache.max_ttl ({cache.max_ttl})"
+        )
+    return settings

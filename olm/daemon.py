@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from netstack.clock import AsyncioClock
-from netstack.counters import Counters
 from netstack.stack import Stack
 from olm.config import ConfigError, Settings
-from olm.dns.proxy import DnsProxy
-from olm.dns.upstream import Resolver, UpstreamConfigError
+from olm.dns.engine import Engine
+from olm.dns.frontends import StackUdpServer, tcp_server
+from olm.dns.pipeline import Pipeline
+from olm.dns.upstream import UpstreamConfigError
 from olm.runtime import TunStack, TunStackConfig, assign_service_addresses
 
 log = logging.getLogger("olm.daemon")
@@ -43,26 +44,33 @@ class StartupError(Exception):
 
 
 class Service:
-    """The stack and the DNS proxy on its service addresses, on any link endpoint.
+    """The stack and the DNS engine on its service addresses, on any link endpoint.
 
     Used by the daemon (over the TUN behind a FilteredDevice) and by ``olm demo`` (over an
-    in-memory link): everything above the link is the same.
+    in-memory link): everything above the link is the same. Building it builds the first
+    chain, so a configuration without a usable upstream is a :class:`StartupError` here.
     """
 
-    def __init__(self, settings: Settings, stack: Stack, resolver: Resolver) -> None:
+    def __init__(
+        self, settings: Settings, stack: Stack, resolv_conf: str | Path = "/etc/resolv.conf"
+    ) -> None:
         self.settings = settings
         self.stack = stack
-        self.resolver = resolver
-        self.proxy = DnsProxy(
-            resolver,
-            max_inflight=settings.max_inflight,
-            tcp_idle_timeout=settings.tcp_idle_timeout,
-            tcp_message_timeout=settings.tcp_message_timeout,
-            tcp_max_connections=settings.tcp_max_connections,
-            tcp_max_inflight=settings.tcp_max_inflight,
-            counters=stack.counters.child("dns"),
+        counters = stack.counters.child("dns")
+        self.pipeline = Pipeline(settings, stack.clock, counters, resolv_conf)
+        try:
+            chain = self.pipeline.build(settings)
+        except (UpstreamConfigError, ConfigError) as exc:
+            raise StartupError(str(exc)) from exc
+        self.engine = Engine(chain, stack.clock, counters, self.pipeline.gate)
+        self.tcp = tcp_server(
+            self.engine,
+            idle_timeout=settings.tcp_idle_timeout,
+            message_timeout=settings.tcp_message_timeout,
+            max_connections=settings.tcp_max_connections,
+            max_inflight=settings.tcp_max_inflight,
         )
-        self._udp: list[asyncio.DatagramTransport] = []
+        self._udp: list[StackUdpServer] = []
         self._tcp: list[Any] = []
 
     def add_addresses(self, nic: str) -> None:
@@ -71,37 +79,29 @@ class Service:
 
     async def start(self) -> None:
         """Listen on port 53 over UDP and TCP on every service address."""
-        from netstack.sockets import create_datagram_endpoint
         from netstack.transport.tcp.streams import start_server
 
         for text in self.settings.addresses:
-            transport, _ = await create_datagram_endpoint(
-                self.stack, self.proxy.datagram_protocol, local_addr=(text, DNS_PORT)
-            )
-            self._udp.append(transport)
+            self._udp.append(StackUdpServer(self.engine, self.stack, text, DNS_PORT))
             server = await start_server(
                 self.stack,
-                self.proxy.handle_tcp_connection,
+                self.tcp.handle_connection,
                 text,
                 DNS_PORT,
                 backlog=self.settings.tcp_max_connections,
             )
             self._tcp.append(server)
 
-    RELOADABLE = frozenset({"upstreams", "policy", "timeout", "deadline", "max_inflight"})
+    RELOADABLE = frozenset({"upstreams", "policy", "timeout", "deadline", "max_inflight", "cache"})
     """Settings a SIGHUP applies; the others (the TUN, addresses, TCP limits...) need a restart."""
 
-    def reload(self, settings: Settings, resolv_conf: str | Path = "/etc/resolv.conf") -> list[str]:
+    def reload(self, settings: Settings) -> list[str]:
         """Apply the reloadable settings; return the changed ones that need a restart.
 
-        Queries in flight keep the upstream list they started with; new ones use the new list.
+        A new chain is built and swapped in: queries in flight finish on the chain they
+        started on, new ones take the new chain. Raises ConfigError (and changes nothing)
+        when the new settings have no usable upstream.
         """
-        upstreams = settings.upstream_list(resolv_conf)
-        self.resolver.upstreams = list(upstreams)
-        self.resolver.policy = type(self.resolver.policy)(settings.policy)
-        self.resolver.timeout = settings.timeout
-        self.resolver.deadline = settings.deadline
-        self.proxy.max_inflight = settings.max_inflight
         old = self.settings
         ignored = [
             name
@@ -109,8 +109,15 @@ class Service:
             if name not in self.RELOADABLE and getattr(old, name) != getattr(settings, name)
         ]
         # Keep describing what is in force: the non-reloadable fields stay as they were.
-        self.settings = replace(settings, **{name: getattr(old, name) for name in ignored})
+        effective = replace(settings, **{name: getattr(old, name) for name in ignored})
+        self.engine.chain = self.pipeline.build(effective)
+        self.settings = effective
         return ignored
+
+    @property
+    def upstreams(self) -> list[str]:
+        """The upstreams in force, as text."""
+        return [str(u) for u in self.pipeline.upstreams]
 
     async def stop(self) -> None:
         """Stop accepting queries, finish those in flight (up to the deadline), then close.
@@ -118,33 +125,21 @@ class Service:
         New queries arriving meanwhile are answered REFUSED (RFC 8906: always answer); the UDP
         endpoints stay open until the queries in flight have had their answers sent.
         """
-        self.proxy.accepting = False
+        gate = self.pipeline.gate
+        gate.accepting = False
         for server in self._tcp:
             server.close()  # no new connections; open ones finish their queries
-        finished = await self.proxy.drain(self.resolver.deadline + 1.0)
+        finished = await gate.drain(self.settings.deadline + 1.0)
         if not finished:
-            log.warning("stopping with %d queries unanswered", self.proxy.inflight)
-        for transport in self._udp:
-            transport.close()
-        await self.proxy.close()
+            log.warning("stopping with %d queries unanswered", gate.inflight)
+        for udp in self._udp:
+            udp.close()
+        await self.tcp.close()
+        await self.engine.close()
+        self.pipeline.close()
         for server in self._tcp:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
-
-
-def make_resolver(settings: Settings, counters: Counters, resolv_conf: str | Path) -> Resolver:
-    """Build the resolver for ``settings``; no usable upstream is a StartupError."""
-    try:
-        upstreams = settings.upstream_list(resolv_conf)
-        return Resolver(
-            upstreams,
-            policy=settings.policy,
-            timeout=settings.timeout,
-            deadline=settings.deadline,
-            counters=counters,
-        )
-    except (UpstreamConfigError, ConfigError) as exc:
-        raise StartupError(str(exc)) from exc
 
 
 class Daemon:
@@ -178,7 +173,7 @@ class Daemon:
         try:
             stack = self.stack = Stack(AsyncioClock())
             # No usable upstream is a startup error before anything is created.
-            resolver = make_resolver(s, stack.counters.child("dns"), self.resolv_conf)
+            service = self.service = Service(s, stack, self.resolv_conf)
             tun = TunStackConfig(
                 tun=s.tun,
                 addresses=list(s.addresses),
@@ -188,16 +183,15 @@ class Daemon:
                 filtered=True,
             )
             async with TunStack(tun, stack):
-                self.service = Service(s, stack, resolver)
-                await self.service.start()
-                ups = ", ".join(str(u) for u in resolver.upstreams)
+                await service.start()
+                cache = f"cache {s.cache.size} entries" if s.cache.enabled else "no cache"
                 self.ready(
                     f"olm: ready on {s.tun} ({', '.join(s.addresses)}) port 53, "
-                    f"upstreams {ups}, policy {s.policy}"
+                    f"upstreams {', '.join(service.upstreams)}, policy {s.policy}, {cache}"
                 )
                 await self._stop.wait()
                 log.info("stopping")
-                await self.service.stop()
+                await service.stop()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -208,12 +202,14 @@ class Daemon:
             return
         try:
             settings = self.reload_settings()
-            ignored = self.service.reload(settings, self.resolv_conf)
+            ignored = self.service.reload(settings)
         except (ConfigError, UpstreamConfigError) as exc:
+            if self.stack is not None:
+                self.stack.counters.child("dns").inc("reload_failed")
             log.error("reload failed, keeping the old settings: %s", exc)
             return
         if ignored:
             log.warning("reload: %s changed but take effect only on restart", ", ".join(ignored))
-        ups = ", ".join(str(u) for u in self.service.resolver.upstreams)
+        ups = ", ".join(self.service.upstreams)
         log.info("reloaded: upstreams %s, policy %s", ups, settings.policy)
         print(f"olm: reloaded, upstreams {ups}", flush=True)

@@ -10,7 +10,8 @@ What stands in for what:
   process on 127.0.0.1 (a loopback socket: nothing leaves the machine).
 
 The host then asks a handful of real questions over UDP and TCP, one with an answer too large
-for UDP, which comes back truncated and is asked again over TCP, as a stub resolver would.
+for UDP, which comes back truncated and is asked again over TCP, as a stub resolver would, and
+one asked twice, the second time answered from the cache.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from netstack.sockets import UDPSocket
 from netstack.stack import Stack
 from netstack.transport.tcp.streams import open_connection
 from olm.config import Settings
-from olm.daemon import Service, make_resolver
+from olm.daemon import Service
 from olm.device.filtered import FilteredDevice
 
 V4, V6 = "10.30.30.30", "fd30:30:30::30"
@@ -151,7 +152,7 @@ async def tour(out: TextIO = sys.stdout, trace: bool = True) -> dict[str, int]:
     filtered = FilteredDevice(tun.write_packets, counters=stack.counters)
     tun.attach(filtered)
     stack.create_nic("tun", filtered.stack_link(settings.mtu, settings.addresses))
-    service = Service(settings, stack, make_resolver(settings, stack.counters.child("dns"), ""))
+    service = Service(settings, stack)
     service.add_addresses("tun")
     await service.start()
     LoopWire(host_link, tun_channel)
@@ -171,6 +172,10 @@ async def tour(out: TextIO = sys.stdout, trace: bool = True) -> dict[str, int]:
             lambda: _tcp_query(host, V4, "www.example.test", "A"),
         ),
         (
+            "dig @10.30.30.30 example.test A again (from the cache: no upstream query)",
+            lambda: _udp_query(host, V4, "example.test", "A"),
+        ),
+        (
             "dig @10.30.30.30 big.example.test TXT (UDP: 1.5 kB does not fit 512)",
             lambda: _udp_query(host, V4, "big.example.test", "TXT"),
         ),
@@ -183,7 +188,7 @@ async def tour(out: TextIO = sys.stdout, trace: bool = True) -> dict[str, int]:
             say(f"{n}b. truncated: the stub resolver asks again over TCP")
             answer = await _tcp_query(host, V4, "big.example.test", "TXT")
             say(_short(answer))
-    say("5. ping 10.30.30.30 and a packet for 10.30.30.99 (no rule: not the proxy's)")
+    say(f"{len(steps) + 1}. ping 10.30.30.30 and a packet for 10.30.30.99 (no rule: not ours)")
     from netstack.header import icmpv4
     from netstack.header.numbers import IPPROTO_ICMP
     from netstack.stack import parse_address

@@ -5,8 +5,9 @@
    clock is virtual (:class:`VirtualClockLoop`): the handler's delays and the server's idle
    and message timeouts only expire when a rule advances the clock, so the model knows which
    timers may have fired without depending on real time.
-2. :func:`test_resolver_answers_once_and_never_with_a_spoofed_reply` runs the proxy's
-   :class:`olm.dns.upstream.Resolver` against fake upstreams on 127.0.0.1 that lose, delay,
+2. :func:`test_resolver_answers_once_and_never_with_a_spoofed_reply` runs the engine's
+   forwarding (:class:`olm.dns.upstream.UpstreamGroup`, UDP transports with their socket pools
+   and TCP on TC=1) against fake upstreams on 127.0.0.1 that lose, delay,
    duplicate, spoof (ID, question, QR) or truncate their replies as Hypothesis chooses, and
    compares the client's single answer with what a model of RFC 5452 acceptance predicts.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,10 +26,14 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from netstack.clock import AsyncioClock
 from netstack.counters import Counters
-from olm.dns.proxy import DnsProxy
+from olm.config import Settings
+from olm.dns.cache import CacheSettings
+from olm.dns.engine import Engine
+from olm.dns.pipeline import Pipeline
+from olm.dns.request import Request
 from olm.dns.tcp import TcpServer
-from olm.dns.upstream import Resolver, Upstream
 
 T = TypeVar("T")
 LOOPBACK = "127.0.0.1"
@@ -80,7 +85,10 @@ class FakeHandler:
         self.peak = 0
         self.quiet_since = 0.0
 
-    async def __call__(self, message: bytes) -> bytes | None:
+    def __call__(self, message: bytes, peer: object) -> Coroutine[Any, Any, bytes | None]:
+        return self.answer(message)
+
+    async def answer(self, message: bytes) -> bytes | None:
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
@@ -511,22 +519,33 @@ def test_resolver_answers_once_and_never_with_a_spoofed_reply(
         for fake in fakes:
             await fake.start()
         counters = Counters("dns")
-        resolver = Resolver(
-            [Upstream(LOOPBACK, fake.port) for fake in fakes],
+        config = Settings(
+            upstreams=[f"{LOOPBACK}:{fake.port}" for fake in fakes],
             timeout=TRY_TIMEOUT,
             deadline=DEADLINE,
-            counters=counters,
+            cache=CacheSettings(enabled=False),
         )
-        proxy = DnsProxy(resolver, counters=counters)
+        clock = AsyncioClock()
+        pipeline = Pipeline(config, clock, counters)
+        engine = Engine(pipeline.build(config), clock, counters, pipeline.gate)
         answers: list[bytes] = []
+
+        async def collect(pending: Coroutine[Any, Any, bytes | None]) -> None:
+            out = await pending
+            if out is not None:
+                answers.append(out)
+
         try:
-            proxy.handle_datagram(wire, answers.append)
+            out = engine.handle(Request(wire))
+            assert out is not None and not isinstance(out, bytes)
+            engine.spawn(collect(out))
             async with asyncio.timeout(DEADLINE + 2):
-                while proxy.inflight:
+                while engine.waiting:
                     await asyncio.sleep(0.01)
             await asyncio.sleep(0.05)  # a second answer would arrive now
         finally:
-            await proxy.close()
+            await engine.close()
+            pipeline.close()
             for fake in fakes:
                 await fake.stop()
         return answers, counters
@@ -544,7 +563,7 @@ def test_resolver_answers_once_and_never_with_a_spoofed_reply(
     else:
         assert reply.header.rcode == RCODE.SERVFAIL
         assert addresses == []
-        assert counters.get("servfail") == 1
+        assert counters.get("forward.servfail") == 1
 
 
 def test_prediction_of_a_plain_spoof_then_answer() -> None:

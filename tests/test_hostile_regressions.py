@@ -12,10 +12,14 @@ import struct
 import pytest
 from dnslib import RCODE, DNSRecord
 
+from netstack.clock import AsyncioClock
 from netstack.counters import Counters
-from olm.dns.message import Rejection, check_query
-from olm.dns.proxy import DnsProxy
-from olm.dns.upstream import Resolver, Upstream
+from olm.config import Settings
+from olm.dns.answer import render
+from olm.dns.engine import Engine
+from olm.dns.message import Rejection, judge
+from olm.dns.pipeline import Pipeline
+from olm.dns.request import TCP, UDP, Request
 
 _HEADER = struct.Struct("!HHHHHH")
 
@@ -38,20 +42,22 @@ NAME_255 = _query(0x3333, [b"a" * 63] * 3 + [b"b" * 61])
 @pytest.mark.parametrize("message", [LABEL_64, NAME_321], ids=["label_64", "name_over_255"])
 def test_names_dnslib_cannot_encode_are_formerr(message: bytes) -> None:
     """dnslib parses these names but refuses to pack them; they must be FORMERR, not silence."""
-    verdict = check_query(message)
+    request = Request(message)
+    assert not request.ok
+    verdict = judge(request)
     assert isinstance(verdict, Rejection)
     assert verdict.reason == "formerr"
-    assert verdict.reply is not None
-    reply = DNSRecord.parse(verdict.reply)
+    assert verdict.answer is not None
+    reply = DNSRecord.parse(render(verdict.answer, request, 0.0))
     assert reply.header.rcode == RCODE.FORMERR
     assert reply.header.id == _HEADER.unpack_from(message)[0]
     assert reply.questions == []  # the question cannot be echoed: it cannot be encoded
 
 
 def test_longest_legal_name_is_still_a_query() -> None:
-    verdict = check_query(NAME_255)
-    assert not isinstance(verdict, Rejection)
-    assert len(verdict.question.qname.label) == 4
+    request = Request(NAME_255)
+    assert request.ok
+    assert request.qend == len(NAME_255) and request.name.count(".") == 4
 
 
 @pytest.mark.parametrize("message", [LABEL_64, NAME_321], ids=["label_64", "name_over_255"])
@@ -61,16 +67,18 @@ def test_proxy_answers_unencodable_names_without_asking_upstream(message: bytes)
     async def main() -> tuple[bytes | None, Counters]:
         counters = Counters("dns")
         # Port 9 on loopback: never contacted, as the query must be rejected before.
-        resolver = Resolver([Upstream("127.0.0.1", 9)], timeout=0.2, deadline=0.5)
-        proxy = DnsProxy(resolver, counters=counters)
-        udp = await proxy.handle(message)
-        tcp = await proxy.handle(message, tcp=True)
-        assert udp == tcp
+        config = Settings(upstreams=["127.0.0.1:9"], timeout=0.2, deadline=0.5)
+        clock = AsyncioClock()
+        pipeline = Pipeline(config, clock, counters)
+        engine = Engine(pipeline.build(config), clock, counters, pipeline.gate)
+        udp = engine.handle(Request(message, transport=UDP))
+        tcp = engine.handle(Request(message, transport=TCP))
+        assert isinstance(udp, bytes) and udp == tcp  # answered at once, no waiting
         return udp, counters
 
     reply, counters = asyncio.run(main())
     assert reply is not None
     assert DNSRecord.parse(reply).header.rcode == RCODE.FORMERR
-    assert counters.get("formerr") == 2
+    assert counters.get("sanitise.formerr") == 2
     assert counters.get("internal_error") == 0
     assert counters.get("upstream.queries") == 0

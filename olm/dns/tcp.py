@@ -3,8 +3,10 @@
 One :class:`TcpServer` serves every connection of a listener: the kernel's
 ``asyncio.start_server`` and netstack's TCP listener both hand it reader/writer pairs.
 Each connection may carry many length-prefixed queries (RFC 1035 section 4.2.2); they are
-read as they arrive, processed concurrently and answered in the order they complete (RFC 7766
-section 6.2.1.1), each reply written whole under a lock so replies never interleave.
+read as they arrive and answered in the order the answers come (RFC 7766 section 6.2.1.1): an
+answer that is ready at once (a cache hit) is written at once, without a Task; one that must be
+waited for gets a Task. Each reply is written whole in one ``write()``, so replies never
+interleave.
 
 Bounds: concurrent connections (beyond: closed at once), queries in flight per connection
 (beyond: the connection is not read until one completes), the idle time with nothing in flight
@@ -18,19 +20,47 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Final
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, NamedTuple
 
 from netstack.counters import Counters
 
-__all__ = ["MessageHandler", "TcpServer"]
+__all__ = ["MessageHandler", "Peer", "TcpServer"]
 
 log = logging.getLogger(__name__)
 
-#: Answers one DNS message; None means "no reply" (the message is dropped).
-MessageHandler = Callable[[bytes], Awaitable[bytes | None]]
+
+class Peer(NamedTuple):
+    """Who is at the other end of a connection: packed addresses and the client's port."""
+
+    client: bytes
+    port: int
+    local: bytes
+
+
+#: Answers one DNS message from ``peer``: reply bytes now, None for no reply (the message is
+#: dropped), or a coroutine whose result is one of those.
+MessageHandler = Callable[[bytes, Peer], bytes | Coroutine[Any, Any, bytes | None] | None]
 
 _MAX_MESSAGE: Final = 0xFFFF
+
+
+def _packed(host: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+
+
+def peer_of(writer: asyncio.StreamWriter) -> Peer:
+    """Return the peer of a connection from netstack's endpoint or the kernel socket's names."""
+    endpoint = writer.get_extra_info("tcp_endpoint")
+    if endpoint is not None:
+        return Peer(endpoint.remote_addr, endpoint.remote_port, endpoint.local_addr)
+    try:
+        host, port = writer.get_extra_info("peername")[:2]
+        local = writer.get_extra_info("sockname")[0]
+        return Peer(_packed(host), port, _packed(local))
+    except (TypeError, ValueError, OSError):
+        return Peer(b"", 0, b"")
 
 
 class TcpServer:
@@ -38,7 +68,8 @@ class TcpServer:
 
     Counters (under the given node's ``tcp`` child): ``connections``, ``refused_connections``,
     ``messages``, ``replies``, ``idle_timeout``, ``message_timeout``, ``write_timeout``,
-    ``eof_mid_message``, ``reset``, ``handler_error``, ``oversized_reply``.
+    ``eof_mid_message``, ``reset``, ``handler_error``, ``oversized_reply``, ``waited``
+    (messages whose answer needed a Task).
     """
 
     def __init__(
@@ -119,27 +150,48 @@ class _Connection:
         self.counters = server.counters
         self.reader = reader
         self.writer = writer
+        self.peer = peer_of(writer)
         self.loop = asyncio.get_running_loop()
-        self.lock = asyncio.Lock()
-        self.slots = asyncio.Semaphore(server.max_inflight)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.room: asyncio.Future[None] | None = None  # set when a waiting answer ends
         self.last_activity = self.loop.time()
+        self.aborted = False
 
     async def run(self) -> None:
-        """Read messages and spawn their answers; on EOF, finish what is in flight.
+        """Read messages and answer them; on EOF, finish what is in flight.
 
         RFC 7766 section 6.2.4: a client may half-close after its last query and still
         expect the replies, so an EOF waits for the outstanding answers.
         """
         graceful = False
+        handler = self.server.handler
+        peer = self.peer
         try:
             while True:
+                if len(self.tasks) >= self.server.max_inflight:
+                    # Back-pressure: read nothing more until one waiting answer is written.
+                    self.room = self.loop.create_future()
+                    await self.room
                 message = await self._read_message()
                 if isinstance(message, _End):
                     graceful = message is _End.CLEAN
                     break
-                await self.slots.acquire()
-                task = asyncio.ensure_future(self._answer(message))
+                try:
+                    result = handler(message, peer)
+                except Exception:
+                    self.counters.inc("handler_error")
+                    log.exception("DNS-over-TCP handler failed")
+                    continue
+                if result is None:
+                    continue
+                if isinstance(result, bytes):
+                    self._write(result)
+                    await self._drain()
+                    if self.aborted:
+                        break
+                    continue
+                self.counters.inc("waited")
+                task = asyncio.ensure_future(self._answer(result))
                 self.tasks.add(task)
                 task.add_done_callback(self._finished)
             if graceful and self.tasks:
@@ -149,7 +201,7 @@ class _Connection:
         finally:
             for task in self.tasks:
                 task.cancel()
-            if graceful:
+            if graceful and not self.aborted:
                 self.writer.close()
             else:
                 self.writer.transport.abort()
@@ -158,14 +210,26 @@ class _Connection:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        self.slots.release()
+        room = self.room
+        if room is not None and not room.done():
+            room.set_result(None)
 
     async def _read_message(self) -> bytes | _End:
         """Return the next message, or how the connection ends (EOF or idle, or an abort)."""
+        reader = self.reader
+        # asyncio's StreamReader has no public way to ask what it holds. When a pipelined
+        # message is already whole in its buffer, take it with no timer and no waiting.
+        buffered = getattr(reader, "_buffer", None)
+        if buffered is not None and len(buffered) >= 2:
+            length = (buffered[0] << 8) | buffered[1]
+            if len(buffered) >= 2 + length:
+                data = (await reader.readexactly(2 + length))[2:]
+                self.counters.inc("messages")
+                self.last_activity = self.loop.time()
+                return data
         first = await self._first_byte()
         if first is None:
             return _End.CLEAN
-        reader = self.reader
         try:
             async with asyncio.timeout(self.server.message_timeout):
                 second = await reader.readexactly(1)
@@ -189,6 +253,7 @@ class _Connection:
         The idle clock (RFC 7766 section 6.2.3) runs only while no query of this connection
         is in flight, from the later of the last message received and the last reply sent.
         """
+        reader = self.reader
         idle = self.server.idle_timeout
         while True:
             if self.tasks:
@@ -200,41 +265,51 @@ class _Connection:
                     return None
             try:
                 async with asyncio.timeout(remaining):
-                    byte = await self.reader.readexactly(1)
+                    byte = await reader.readexactly(1)
             except TimeoutError:
                 continue
             except asyncio.IncompleteReadError:
                 return None
             return byte[0]
 
-    async def _answer(self, message: bytes) -> None:
-        """Answer one message and write the reply whole, under the connection's write lock."""
+    def _write(self, reply: bytes) -> None:
+        """Write one reply whole with its length prefix (RFC 1035 section 4.2.2)."""
+        if len(reply) > _MAX_MESSAGE:
+            self.counters.inc("oversized_reply")
+            return
+        writer = self.writer
+        if writer.is_closing():
+            return
+        writer.write(len(reply).to_bytes(2, "big") + reply)
+        self.counters.inc("replies")
+        self.last_activity = self.loop.time()
+
+    async def _drain(self) -> None:
+        """Wait while the peer does not take our replies; abort it after the idle timeout."""
+        writer = self.writer
+        if writer.transport.get_write_buffer_size() == 0 or writer.is_closing():
+            return
         try:
-            reply = await self.server.handler(message)
+            async with asyncio.timeout(self.server.idle_timeout):
+                await writer.drain()
+        except TimeoutError:
+            # A peer that does not read its replies: give up on the connection.
+            self.counters.inc("write_timeout")
+            self.aborted = True
+            writer.transport.abort()
+        except OSError:
+            self.counters.inc("reset")
+            self.aborted = True
+
+    async def _answer(self, pending: Coroutine[Any, Any, bytes | None]) -> None:
+        """Wait for one answer, then write it whole."""
+        try:
+            reply = await pending
         except Exception:
             self.counters.inc("handler_error")
             log.exception("DNS-over-TCP handler failed")
             return
         if reply is None:
             return
-        if len(reply) > _MAX_MESSAGE:
-            self.counters.inc("oversized_reply")
-            return
-        writer = self.writer
-        async with self.lock:
-            if writer.is_closing():
-                return
-            writer.write(len(reply).to_bytes(2, "big") + reply)
-            try:
-                async with asyncio.timeout(self.server.idle_timeout):
-                    await writer.drain()
-            except TimeoutError:
-                # A peer that does not read its replies: give up on the connection.
-                self.counters.inc("write_timeout")
-                writer.transport.abort()
-                return
-            except OSError:
-                self.counters.inc("reset")
-                return
-        self.counters.inc("replies")
-        self.last_activity = self.loop.time()
+        self._write(reply)
+        await self._drain()
