@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from dnslib import EDNS0, QTYPE, RCODE, RR, TXT, A, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, RD, RR, TXT, A, DNSRecord
 
 from netstack.clock import AsyncioClock
 from netstack.counters import Counters
@@ -550,5 +550,85 @@ def test_a_bug_in_resolving_still_answers_servfail() -> None:
         assert DNSRecord.parse(reply).header.rcode == RCODE.SERVFAIL
         assert counters.get("internal_error") == 1
         assert engine.gate.inflight == 0
+
+    run(main())
+
+
+# -- signed queries (RFC 8945) --------------------------------------------------------------------
+
+
+def tsig_query(name: str = "signed.example") -> bytes:
+    """A query with an OPT and, last, a TSIG record (its MAC is opaque to the proxy)."""
+    record = DNSRecord.question(name)
+    record.header.id = 0x5151
+    record.add_ar(EDNS0(udp_len=1232))
+    mac = bytes(range(32))
+    rdata = (
+        b"\x0bhmac-sha256\x00"  # algorithm name
+        + struct.pack("!HIH", 0, 1_700_000_000, 300)  # time signed (48 bits), fudge
+        + struct.pack("!H", len(mac))
+        + mac
+        + struct.pack("!HHH", 0x5151, 0, 0)  # original ID, error, other len
+    )
+    record.add_ar(RR("key.example.", QTYPE.TSIG, 255, 0, RD(rdata)))
+    return bytes(record.pack())
+
+
+def test_signed_query_is_forwarded_whole_and_its_answer_returned_whole() -> None:
+    """RFC 8945 5.5: a TSIG query passes unchanged (only the ID, which TSIG allows for)."""
+    seen: list[bytes] = []
+
+    def signed_answer(q: DNSRecord) -> list[tuple[float, bytes]]:
+        reply = q.reply()
+        reply.add_answer(RR(q.q.qname, rdata=A("192.0.2.44"), ttl=300))
+        reply.ar = [rr for rr in q.ar if rr.rtype == QTYPE.TSIG]  # "signed" by the server
+        return [(0, bytes(reply.pack()))]
+
+    class Recording(FakeUpstream):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            seen.append(data)
+            super().datagram_received(data, addr)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: Recording(signed_answer), local_addr=(LOOPBACK, 0)
+        )
+        up = Upstream(LOOPBACK, transport.get_extra_info("sockname")[1])
+        counters = Counters("dns")
+        engine = make_engine([up], counters, cache=True)
+        query = tsig_query()
+        replies = [await ask(engine, query), await ask(engine, query, TCP)]
+        assert len(seen) == 2  # never answered from the cache
+        for sent in seen:
+            assert sent[2:] == query[2:]  # the signature and everything else unchanged
+        # Fresh random IDs upstream (RFC 5452): both equal to the client's is a 2**-32 event.
+        assert {sent[:2] for sent in seen} != {query[:2]}
+        for reply in replies:
+            assert reply is not None and reply[:2] == query[:2]
+            parsed = DNSRecord.parse(reply)
+            assert [rr.rtype for rr in parsed.ar] == [QTYPE.TSIG]  # returned as the server sent
+            assert str(parsed.rr[0].rdata) == "192.0.2.44"
+        assert counters.get("sanitise.signed") == 2
+        assert counters.get("cache.bypass") == 2
+        assert counters.get("cache.insert") == 0
+        transport.close()
+
+    run(main())
+
+
+def test_tsig_before_the_last_record_is_formerr() -> None:
+    """RFC 8945 section 5.1: a TSIG that is not the last additional record is FORMERR."""
+    record = DNSRecord.parse(tsig_query())
+    record.ar.reverse()  # TSIG, then OPT
+    request = Request(bytes(record.pack()))
+    assert not request.ok
+
+    async def main() -> None:
+        counters = Counters("dns")
+        engine = make_engine([Upstream(LOOPBACK, 9)], counters)
+        reply = await ask(engine, bytes(record.pack()))
+        assert reply is not None and DNSRecord.parse(reply).header.rcode == RCODE.FORMERR
+        assert counters.get("upstream.queries") == 0
 
     run(main())
