@@ -129,8 +129,11 @@ class Cache:
         self._protected: OrderedDict[bytes, Entry] = OrderedDict()
         self._protected_cap = max(1, int(settings.size * _PROTECTED_SHARE))
         self.bytes = 0
-        #: Upstream exchanges in progress, one per key (single flight).
-        self.flights: dict[bytes, asyncio.Task[Answer | None]] = {}
+        #: Upstream exchanges in progress, one per key (single flight): the futures of the
+        #: askers who joined the first one.
+        self.flights: dict[bytes, list[asyncio.Future[Answer | None]]] = {}
+        #: Background refreshes (prefetch, stale) running now.
+        self.background: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._probation) + len(self._protected)
@@ -261,6 +264,6 @@ class Cache:
         return dropped
 
     def close(self) -> None:
-        """Cancel the flights in progress."""
-        for task in list(self.flights.values()):
+        """Cancel the background refreshes in progress."""
+        for task in list(self.background):
             task.cancel()

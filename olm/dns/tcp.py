@@ -93,7 +93,8 @@ class TcpServer:
         self.max_inflight = max_inflight
         self.counters = (counters or Counters()).child("tcp")
         self._connections: set[asyncio.Task[None]] = set()
-        self._closing = False
+        self._orphans: set[asyncio.Task[None]] = set()  # answers of connections that ended
+        self.closing = False
 
     @property
     def active(self) -> int:
@@ -104,7 +105,7 @@ class TcpServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """Serve one connection until the peer closes it or a timeout or bound ends it."""
-        if self._closing or len(self._connections) >= self.max_connections:
+        if self.closing or len(self._connections) >= self.max_connections:
             self.counters.inc("refused_connections")
             writer.transport.abort()
             return
@@ -117,14 +118,22 @@ class TcpServer:
         except asyncio.CancelledError:
             # Cancelled by close(): end quietly, as asyncio's servers on Python 3.11 log a
             # cancelled connection callback as an error.
-            if not self._closing:
+            if not self.closing:
                 raise
         finally:
             self._connections.discard(task)
 
+    def adopt(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Keep the answers still running for a connection that ended, for close()."""
+        for task in tasks:
+            self._orphans.add(task)
+            task.add_done_callback(self._orphans.discard)
+
     async def close(self) -> None:
         """Cancel every connection being served and wait for them; refuse new ones after."""
-        self._closing = True
+        self.closing = True
+        for task in list(self._orphans):
+            task.cancel()
         tasks = list(self._connections)
         for task in tasks:
             task.cancel()
@@ -199,8 +208,14 @@ class _Connection:
         except OSError:
             self.counters.inc("reset")
         finally:
-            for task in self.tasks:
-                task.cancel()
+            # Answers still being waited for are left to finish (bounded by the upstream
+            # deadline): other clients may share their upstream exchange. Their replies find
+            # the connection closed and are dropped. Only the server's close() cancels them.
+            if self.server.closing:
+                for task in self.tasks:
+                    task.cancel()
+            else:
+                self.server.adopt(self.tasks)
             if graceful and not self.aborted:
                 self.writer.close()
             else:

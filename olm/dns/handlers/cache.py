@@ -14,7 +14,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from netstack.clock import Clock
 from netstack.counters import Counters
@@ -72,13 +75,15 @@ class CacheHandler(Handler):
         return self._fetch(request)
 
     async def _fetch(self, request: Request) -> Answer | None:
-        """Wait for the key's flight (starting it if there is none) and return its answer."""
-        flight = self.cache.flights.get(request.key)
-        if flight is None:
-            flight = self._fly(request)
+        """Return the answer of the key's flight: join one in progress, or fly it ourselves."""
+        followers = self.cache.flights.get(request.key)
+        if followers is None:
+            answer = await self._lead(request)
         else:
             self.counters.inc("coalesced")
-        answer = await asyncio.shield(flight)
+            waiter: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
+            followers.append(waiter)
+            answer = await waiter
         if answer is not None and answer.rcode == SERVFAIL:
             entry = self.cache.peek(request.key)
             if entry is not None and entry.kind != FAILURE and self._usable_stale(entry):
@@ -89,26 +94,80 @@ class CacheHandler(Handler):
     def _usable_stale(self, entry: Entry) -> bool:
         return self.cache.settings.serve_stale and self.clock.now() < entry.stale_until
 
-    def _fly(self, request: Request, background: bool = False) -> asyncio.Task[Answer | None]:
-        """Start the one exchange for ``request.key``; it stores what it learns."""
+    async def _lead(self, request: Request) -> Answer | None:
+        """Fly the one exchange for ``request.key`` and hand its answer to those who joined.
+
+        The first asker does the work in its own Task (no Task per flight). If it is
+        cancelled (its client went away, or shutdown), the askers who joined are handed a
+        flight of their own; if it fails, they fail alike.
+        """
         key = request.key
-        task = asyncio.ensure_future(self._resolve(request))
         flights = self.cache.flights
-        flights[key] = task
-        gate = self.gate if background else None
+        followers: list[asyncio.Future[Answer | None]] = []
+        flights[key] = followers
+        try:
+            answer = await self._resolve(request)
+        except asyncio.CancelledError:
+            self._land(key, followers)
+            if followers:
+                self._spawn(self._hand_over(request, followers))
+            raise
+        except Exception as exc:
+            self._land(key, followers)
+            for waiter in followers:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            raise
+        self._land(key, followers)
+        for waiter in followers:
+            if not waiter.done():
+                waiter.set_result(answer)
+        return answer
+
+    def _land(self, key: bytes, followers: list[asyncio.Future[Answer | None]]) -> None:
+        flights = self.cache.flights
+        if flights.get(key) is followers:
+            del flights[key]
+
+    async def _hand_over(
+        self, request: Request, followers: list[asyncio.Future[Answer | None]]
+    ) -> None:
+        """Fly again for the askers whose leader was cancelled."""
+        followers = [w for w in followers if not w.done()]
+        if not followers:
+            return
+        try:
+            answer = await self._lead(request)
+        except Exception as exc:
+            for waiter in followers:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for waiter in followers:
+            if not waiter.done():
+                waiter.set_result(answer)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], gate: Gate | None = None) -> None:
+        """Run ``coro`` in the background, kept by the cache (cancelled on shutdown)."""
+        task = asyncio.ensure_future(coro)
+        background = self.cache.background
+        background.add(task)
         if gate is not None:
             gate.enter()
 
-        def landed(done: asyncio.Task[Answer | None]) -> None:
-            if flights.get(key) is done:
-                del flights[key]
+        def landed(done: asyncio.Task[None]) -> None:
+            background.discard(done)
             if gate is not None:
                 gate.leave()
             if not done.cancelled() and done.exception() is not None:
-                log.error("a cache fill failed", exc_info=done.exception())
+                log.error("a cache refresh failed", exc_info=done.exception())
 
         task.add_done_callback(landed)
-        return task
+
+    async def _background(self, request: Request) -> None:
+        """Refresh the key: fly for it and keep what comes back (nobody waits for it)."""
+        with contextlib.suppress(Exception):
+            await self._lead(request)
 
     async def _resolve(self, request: Request) -> Answer | None:
         """Ask the rest of the chain and keep what it answers (when the rules allow)."""
@@ -143,4 +202,4 @@ class CacheHandler(Handler):
             return
         entry.refreshing = True
         self.counters.inc(why)
-        self._fly(request, background=True)
+        self._spawn(self._background(request), gate)

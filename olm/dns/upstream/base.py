@@ -50,6 +50,7 @@ class Query:
         "_match_name",
         "_match_rest",
         "_qend",
+        "deadline",
         "nend",
         "signed",
         "tcp_fallback",
@@ -76,6 +77,12 @@ class Query:
         # A signed query over UDP is answered as the server answers it: the client itself
         # retries over TCP on TC=1, so that its signature checks out.
         self.tcp_fallback = not (self.signed and request.transport == "udp")
+        #: When the whole resolution must end (event loop time); set by the group.
+        self.deadline = float("inf")
+
+    def timeout(self, timeout: float, now: float) -> float:
+        """Return how long one exchange may take: ``timeout``, cut short by the deadline."""
+        return min(timeout, self.deadline - now)
 
     def wire(self, qid: int) -> bytes:
         """Return the query's bytes with ID ``qid``."""
@@ -108,7 +115,8 @@ class Transport(Protocol):
     async def exchange(self, query: Query, timeout: float) -> Answer:
         """Ask ``query`` once; the first matching, well-formed reply wins.
 
-        Raises TimeoutError after ``timeout`` seconds, OSError when the path fails.
+        Raises TimeoutError after ``timeout`` seconds or at ``query.deadline``, whichever comes
+        first, and OSError when the path fails.
         """
         ...
 

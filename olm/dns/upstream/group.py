@@ -6,7 +6,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, NoReturn
 
 from netstack.counters import Counters
 from olm.dns.answer import Answer
@@ -71,14 +71,32 @@ class UpstreamGroup:
     async def resolve(self, request: Request) -> Answer:
         """Return the first good answer to ``request``, or raise :class:`UpstreamFailure`."""
         query = Query(request)
-        try:
-            async with asyncio.timeout(self.deadline):
-                if self.policy is Policy.RACE:
+        loop = asyncio.get_running_loop()
+        query.deadline = loop.time() + self.deadline
+        if self.policy is Policy.RACE:
+            try:
+                async with asyncio.timeout_at(query.deadline):
                     return await self._race(query)
-                return await self._in_turn(query, self._order())
-        except TimeoutError:
-            self.counters.inc("deadline")
-            raise UpstreamFailure("deadline", f"no answer within {self.deadline} s") from None
+            except TimeoutError:
+                return self._past_deadline()
+        # In turn: each try's timeout is cut to what is left before the deadline, so no
+        # timer beyond the tries' own is needed.
+        last: UpstreamFailure | None = None
+        for transport in self._order():
+            if loop.time() >= query.deadline:
+                return self._past_deadline()
+            try:
+                return await self._try(transport, query)
+            except UpstreamFailure as failure:
+                last = failure
+        if loop.time() >= query.deadline:
+            return self._past_deadline()
+        self.counters.inc("all_failed")
+        raise UpstreamFailure("all_failed", str(last) if last else "")
+
+    def _past_deadline(self) -> NoReturn:
+        self.counters.inc("deadline")
+        raise UpstreamFailure("deadline", f"no answer within {self.deadline} s")
 
     def _order(self) -> list[Transport]:
         ups = self.transports
@@ -87,16 +105,6 @@ class UpstreamGroup:
             self._next = (start + 1) % len(ups)
             return ups[start:] + ups[:start]
         return ups
-
-    async def _in_turn(self, query: Query, order: list[Transport]) -> Answer:
-        last: UpstreamFailure | None = None
-        for transport in order:
-            try:
-                return await self._try(transport, query)
-            except UpstreamFailure as failure:
-                last = failure
-        self.counters.inc("all_failed")
-        raise UpstreamFailure("all_failed", str(last) if last else "")
 
     async def _race(self, query: Query) -> Answer:
         tasks = {asyncio.ensure_future(self._try(t, query)) for t in self.transports}

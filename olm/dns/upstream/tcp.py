@@ -37,7 +37,8 @@ class TcpTransport:
         """Ask once over a new connection; raise TimeoutError or OSError on failure."""
         qid = new_id()
         wire = query.wire(qid)
-        async with asyncio.timeout(timeout):
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(query.timeout(timeout, loop.time())):
             reader, writer = await asyncio.open_connection(self.upstream.host, self.upstream.port)
             self.counters.inc("tcp_connections")
             self._writers.add(writer)

@@ -59,7 +59,7 @@ class UdpTransport:
         upstream: Upstream,
         counters: Counters,
         *,
-        pool_size: int = 16,
+        pool_size: int = 128,
         max_uses: int = 100,
         tcp: TcpTransport | None = None,
     ) -> None:
@@ -138,7 +138,7 @@ class UdpTransport:
         waiter: asyncio.Future[Answer] = loop.create_future()
         slot.waiter = waiter
         reusable = False
-        timer = loop.call_later(timeout, _expire, waiter)
+        timer = loop.call_later(query.timeout(timeout, loop.time()), _expire, waiter)
         try:
             slot.sock.send(query.wire(qid))
             answer = await waiter
