@@ -110,10 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # for tests: where default upstreams come from
     up.add_argument("--stats", action="store_true", help="print the counters on exit")
     up.add_argument(
-        "--no-offload",
-        dest="offload",
-        action="store_false",
-        help="one packet per system call on the TUN (no IFF_VNET_HDR/TSO)",
+        "--offload",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="open the TUN with IFF_VNET_HDR and TSO (off: DNS is small UDP messages, which "
+        "offload makes dearer; it pays only for bulk TCP)",
     )
     return parser
 

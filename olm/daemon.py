@@ -152,10 +152,12 @@ class Daemon:
         reload_settings: Callable[[], Settings] | None = None,
         resolv_conf: str | Path = "/etc/resolv.conf",
         ready: Callable[[str], None] | None = None,
-        offload: bool = True,
+        offload: bool = False,
     ) -> None:
         self.settings = settings
-        self.offload = offload  # TCP segmentation offload on the TUN, if the kernel agrees
+        # TCP segmentation offload on the TUN: off by default, as DNS is small UDP messages,
+        # which pay for it (docs/performance.md); bulk TCP is what gains.
+        self.offload = offload
         self.reload_settings = reload_settings
         self.resolv_conf = resolv_conf
         self.ready = ready or (lambda line: print(line, flush=True))

@@ -118,3 +118,39 @@ def test_upstream_list_falls_back_to_resolv_conf(tmp_path: Path) -> None:
         Settings().upstream_list(conf)
     with pytest.raises(ConfigError, match="is one of the service addresses"):
         Settings(upstreams=["10.30.30.30"]).upstream_list(conf)
+
+
+def test_cache_table_env_and_flags(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'upstreams = ["127.0.0.1"]\n\n[cache]\nsize = 500\nserve_stale = true\nmin_ttl = 10\n',
+    )
+    env = {"OLM_CACHE_SIZE": "700", "OLM_CACHE_PREFETCH": "false"}
+    s = load_settings({"cache.max_ttl": "3600", "cache.enabled": None}, env, path)
+    assert s.cache.size == 700  # environment over file
+    assert s.cache.serve_stale and s.cache.min_ttl == 10  # file
+    assert not s.cache.prefetch  # environment
+    assert s.cache.max_ttl == 3600  # flag
+    assert s.cache.enabled and s.cache.failure_ttl == 5  # defaults
+    assert load_settings({"cache.enabled": False}).cache.enabled is False  # --no-cache
+
+
+def test_cache_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "size = 5\n\n[cache]\nprefetch = true\nfailure_ttl = 900\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(config_file=path)
+    # The line of failure_ttl in [cache], not of the top-level "size".
+    assert str(err.value).startswith(f"{path}:1: unknown field 'size'")
+    path = write(tmp_path, "[cache]\nprefetch = true\nfailure_ttl = 900\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(config_file=path)
+    assert str(err.value) == f"{path}:3: field 'cache.failure_ttl': must be from 1 to 300"
+    path = write(tmp_path, "[cache]\nsise = 5\n")
+    with pytest.raises(ConfigError, match=r":2: unknown field 'cache.sise'"):
+        load_settings(config_file=path)
+    with pytest.raises(ConfigError, match="environment OLM_CACHE_SERVE_STALE: must be true"):
+        load_settings(environ={"OLM_CACHE_SERVE_STALE": "maybe"})
+    with pytest.raises(ConfigError, match="--cache-size: must be an integer"):
+        load_settings({"cache.size": "many"})
+    with pytest.raises(ConfigError, match=r"cache\.min_ttl \(100\) is above cache\.max_ttl"):
+        load_settings({"cache.min_ttl": "100", "cache.max_ttl": "50"})

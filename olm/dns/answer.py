@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import struct
 from typing import Final
 
 from olm.dns.request import Request
@@ -73,6 +74,9 @@ EDE_NO_REACHABLE_AUTHORITY: Final = 22
 _FIXED_RDATA: Final = {TYPE_A: 4, TYPE_AAAA: 16}
 
 opt_bytes = functools.cache(opt_record)
+#: Our OPT for the common case (no extended RCODE, no EDE), without and with DO.
+_PLAIN_OPT: Final = (opt_record(ADVERTISED_PAYLOAD), opt_record(ADVERTISED_PAYLOAD, do=True))
+_ID_FLAGS: Final = struct.Struct("!HH")
 
 
 class Answer:
@@ -94,6 +98,7 @@ class Answer:
     """
 
     __slots__ = (
+        "_aged",
         "bits",
         "born",
         "ede",
@@ -133,6 +138,30 @@ class Answer:
         self.negative = negative
         self.signed = signed
         self.raw = raw
+        self._aged: tuple[int, bytes] | None = None  # (age, records aged by it), reused
+
+    def records_at(self, now: float) -> bytes:
+        """Return the records after the question, each TTL lowered by the seconds since born.
+
+        Replies served within the same second share one aged copy.
+        """
+        qend = self.qend
+        born = self.born
+        if born is None or not self.ttls:
+            return self.wire[qend:]
+        age = int(now - born)
+        if age <= 0:
+            return self.wire[qend:]
+        aged = self._aged
+        if aged is not None and aged[0] == age:
+            return aged[1]
+        buf = bytearray(self.wire[qend:])
+        pack = U32.pack_into
+        for off, ttl in self.ttls:
+            pack(buf, off - qend, ttl - age if ttl > age else 0)
+        records = bytes(buf)
+        self._aged = (age, records)
+        return records
 
     @property
     def truncated(self) -> bool:
@@ -172,8 +201,10 @@ class Answer:
         return copy
 
     def copy(self) -> Answer:
-        """Return a shallow copy."""
-        return copy.copy(self)
+        """Return a shallow copy (without the aged records, which belong to the wire)."""
+        twin = copy.copy(self)
+        twin._aged = None
+        return twin
 
     def __repr__(self) -> str:
         kind = "negative" if self.negative else "rcode " + str(self.rcode)
@@ -314,30 +345,32 @@ def render(answer: Answer, request: Request, now: float) -> bytes:
     if bits & AD and not (request.do or flags & AD):
         bits &= ~AD
     head = QR | RA | flags & (OPCODE_MASK | RD | CD) | bits & (AA | AD)
+    wire = answer.wire
+    qend = answer.qend
+    # The client's own spelling of the question (same length: the same name, RFC 4343).
+    question = request.wire[12:qend] if qend > 12 and qend == request.qend else wire[12:qend]
     if request.edns:
-        opt = opt_bytes(ADVERTISED_PAYLOAD, rcode >> 4, request.do, answer.ede)
+        ext, ede = rcode >> 4, answer.ede
+        opt = (
+            _PLAIN_OPT[request.do]
+            if not (ext or ede)
+            else opt_bytes(ADVERTISED_PAYLOAD, ext, request.do, ede)
+        )
+        counts = wire[4:10] + U16.pack(((wire[10] << 8) | wire[11]) + 1)
     elif rcode > RCODE_MASK:
         question = request.wire[12 : request.qend]
         flags = (head & ~AD) | SERVFAIL  # no data, nothing authenticated
         return HEADER.pack(request.id, flags, 1 if question else 0, 0, 0, 0) + question
     else:
         opt = b""
-    buf = bytearray(answer.wire)
-    born = answer.born
-    if born is not None:
-        age = int(now - born)
-        if age > 0:
-            pack = U32.pack_into
-            for off, ttl in answer.ttls:
-                pack(buf, off, ttl - age if ttl > age else 0)
-    qend = answer.qend
-    if qend > 12 and qend == request.qend:
-        buf[12:qend] = request.wire[12:qend]
-    U16.pack_into(buf, 0, request.id)
-    U16.pack_into(buf, 2, head | rcode & RCODE_MASK)
-    if opt:
-        U16.pack_into(buf, 10, ((buf[10] << 8) | buf[11]) + 1)
-        buf += opt
-    if len(buf) > request.limit:
+        counts = wire[4:12]
+    out = (
+        _ID_FLAGS.pack(request.id, head | rcode & RCODE_MASK)
+        + counts
+        + question
+        + answer.records_at(now)
+        + opt
+    )
+    if len(out) > request.limit:
         return _truncated(request, head | rcode & RCODE_MASK, opt)
-    return bytes(buf)
+    return out

@@ -165,6 +165,16 @@ class _Connection:
         self.room: asyncio.Future[None] | None = None  # set when a waiting answer ends
         self.last_activity = self.loop.time()
         self.aborted = False
+        # The idle timer (RFC 7766 section 6.2.3): one timer per connection, armed while
+        # waiting for a message and moved on lazily, rather than one per message.
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._idle_expired = False
+        self._reading: asyncio.Task[Any] | None = None  # the task waiting for a message
+        # Above this many unsent bytes, wait for the peer to read (back-pressure).
+        try:
+            self._high_water = writer.transport.get_write_buffer_limits()[1]
+        except (AttributeError, NotImplementedError):
+            self._high_water = 0
 
     async def run(self) -> None:
         """Read messages and answer them; on EOF, finish what is in flight.
@@ -208,6 +218,8 @@ class _Connection:
         except OSError:
             self.counters.inc("reset")
         finally:
+            if self._idle_handle is not None:
+                self._idle_handle.cancel()
             # Answers still being waited for are left to finish (bounded by the upstream
             # deadline): other clients may share their upstream exchange. Their replies find
             # the connection closed and are dropped. Only the server's close() cancels them.
@@ -232,19 +244,15 @@ class _Connection:
     async def _read_message(self) -> bytes | _End:
         """Return the next message, or how the connection ends (EOF or idle, or an abort)."""
         reader = self.reader
-        # asyncio's StreamReader has no public way to ask what it holds. When a pipelined
-        # message is already whole in its buffer, take it with no timer and no waiting.
-        buffered = getattr(reader, "_buffer", None)
-        if buffered is not None and len(buffered) >= 2:
-            length = (buffered[0] << 8) | buffered[1]
-            if len(buffered) >= 2 + length:
-                data = (await reader.readexactly(2 + length))[2:]
-                self.counters.inc("messages")
-                self.last_activity = self.loop.time()
-                return data
+        data = await self._buffered(reader, 0, 0)
+        if data is not None:
+            return data
         first = await self._first_byte()
         if first is None:
             return _End.CLEAN
+        data = await self._buffered(reader, 1, first)
+        if data is not None:
+            return data
         try:
             async with asyncio.timeout(self.server.message_timeout):
                 second = await reader.readexactly(1)
@@ -262,30 +270,64 @@ class _Connection:
         self.last_activity = self.loop.time()
         return data
 
+    async def _buffered(self, reader: asyncio.StreamReader, have: int, first: int) -> bytes | None:
+        """Take the message if it is already whole in the reader's buffer: no timer, no wait.
+
+        ``have`` octets of its length prefix were read already (``first`` is the first).
+        asyncio's StreamReader has no public way to ask what it holds, hence ``_buffer``.
+        """
+        buffered = getattr(reader, "_buffer", None)
+        if buffered is None or len(buffered) < 2 - have:
+            return None
+        length = (first << 8) | buffered[0] if have else (buffered[0] << 8) | buffered[1]
+        need = 2 - have + length
+        if len(buffered) < need:
+            return None
+        data = (await reader.readexactly(need))[2 - have :]
+        self.counters.inc("messages")
+        self.last_activity = self.loop.time()
+        return data
+
     async def _first_byte(self) -> int | None:
         """Wait for the first byte of a length prefix; None on EOF or idle timeout.
 
         The idle clock (RFC 7766 section 6.2.3) runs only while no query of this connection
         is in flight, from the later of the last message received and the last reply sent.
         """
-        reader = self.reader
-        idle = self.server.idle_timeout
-        while True:
-            if self.tasks:
-                remaining = idle
-            else:
-                remaining = self.last_activity + idle - self.loop.time()
-                if remaining <= 0:
-                    self.counters.inc("idle_timeout")
-                    return None
-            try:
-                async with asyncio.timeout(remaining):
-                    byte = await reader.readexactly(1)
-            except TimeoutError:
-                continue
-            except asyncio.IncompleteReadError:
+        task = asyncio.current_task()
+        self._reading = task
+        if self._idle_handle is None:
+            self._arm_idle()
+        try:
+            byte = await self.reader.readexactly(1)
+        except asyncio.CancelledError:
+            if self._idle_expired and task is not None:
+                task.uncancel()
                 return None
-            return byte[0]
+            raise
+        except asyncio.IncompleteReadError:
+            return None
+        finally:
+            self._reading = None
+        return byte[0]
+
+    def _arm_idle(self) -> None:
+        idle = self.server.idle_timeout
+        start = self.loop.time() if self.tasks else self.last_activity
+        self._idle_handle = self.loop.call_at(start + idle, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """End the wait for a message when idle long enough, else re-arm (the idle timer)."""
+        self._idle_handle = None
+        reading = self._reading
+        if reading is None:
+            return  # busy with a message; the next wait arms the timer again
+        if self.tasks or self.last_activity + self.server.idle_timeout > self.loop.time():
+            self._arm_idle()
+            return
+        self.counters.inc("idle_timeout")
+        self._idle_expired = True
+        reading.cancel()
 
     def _write(self, reply: bytes) -> None:
         """Write one reply whole with its length prefix (RFC 1035 section 4.2.2)."""
@@ -302,7 +344,7 @@ class _Connection:
     async def _drain(self) -> None:
         """Wait while the peer does not take our replies; abort it after the idle timeout."""
         writer = self.writer
-        if writer.transport.get_write_buffer_size() == 0 or writer.is_closing():
+        if writer.transport.get_write_buffer_size() <= self._high_water or writer.is_closing():
             return
         try:
             async with asyncio.timeout(self.server.idle_timeout):
