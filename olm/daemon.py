@@ -3,15 +3,15 @@
 Wiring (DESIGN.md, "Data flow of one query")::
 
     TUN fd -> FdEndpoint -> [SnifferEndpoint] -> FilteredDevice --(dst is a service address)-->
-        RuleLink -> Stack NIC -> IPv4/IPv6 -> UDP/TCP :53 -> DnsProxy -> upstreams (host sockets)
-    DnsProxy -> Stack -> RuleLink -> FilteredDevice.write_packets -> TUN fd   (bypasses the rules)
+        RuleLink -> Stack NIC -> IPv4/IPv6 -> UDP/TCP :53 -> Engine -> upstreams (host sockets)
+    Engine -> Stack -> RuleLink -> FilteredDevice.write_packets -> TUN fd   (bypasses the rules)
 
 Packets to other destinations are not the proxy's: they go to the FilteredDevice's next
 consumer (dropped and counted here; in the WireGuard client they would enter the tunnel).
 
 Signals: SIGINT/SIGTERM stop accepting queries, let the ones in flight finish (up to the
 upstream deadline), then remove the routes, addresses and the TUN; SIGHUP reloads the settings
-and switches the upstream list without dropping a query.
+and swaps in a new chain of handlers without dropping a query.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 from dnslib import AAAA, CNAME, QTYPE, RR, TXT, A, DNSRecord
@@ -125,6 +125,11 @@ async def _tcp_query(host: Stack, server: str, name: str, qtype: str) -> DNSReco
     return answer
 
 
+async def _later(delay: float, query: Awaitable[DNSRecord]) -> DNSRecord:
+    await asyncio.sleep(delay)
+    return await query
+
+
 async def tour(out: TextIO = sys.stdout, trace: bool = True) -> dict[str, int]:
     """Run the demo, printing to ``out``; return the proxy stack's counters."""
     loop = asyncio.get_running_loop()
@@ -172,8 +177,9 @@ async def tour(out: TextIO = sys.stdout, trace: bool = True) -> dict[str, int]:
             lambda: _tcp_query(host, V4, "www.example.test", "A"),
         ),
         (
-            "dig @10.30.30.30 example.test A again (from the cache: no upstream query)",
-            lambda: _udp_query(host, V4, "example.test", "A"),
+            "a second later, dig @10.30.30.30 example.test A again (from the cache: no upstream "
+            "query, the TTL counting down)",
+            lambda: _later(1.1, _udp_query(host, V4, "example.test", "A")),
         ),
         (
             "dig @10.30.30.30 big.example.test TXT (UDP: 1.5 kB does not fit 512)",

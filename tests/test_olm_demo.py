@@ -16,6 +16,7 @@ def test_demo_answers_every_question_and_retries_the_truncated_one_over_tcp() ->
     counters = asyncio.run(tour(out))
     text = out.getvalue()
     assert "example.test. 300 A 192.0.2.10" in text
+    assert "example.test. 299 A 192.0.2.10" in text  # from the cache, a second later
     assert "example.test. 300 AAAA 2001:db8::10" in text
     assert "www.example.test. 300 CNAME example.test." in text
     assert "rcode 0 TC (0 answers)" in text  # the 1.5 kB TXT over UDP
