@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from dnslib import EDNS0, QTYPE, RCODE, RR, TXT, A, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, RR, TXT, A, DNSHeader, DNSQuestion, DNSRecord, EDNSOption
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -183,6 +183,11 @@ def test_edns_query_limits() -> None:
     assert small.limit == 512
     assert large.limit == 4096
     assert large.edns and large.do and large.payload == 4096
+    assert large.options == b"" and large.opt == len(large.wire) - 11
+    cookie = EDNSOption(10, b"\x01" * 8)
+    with_cookie = check_query(make_query(edns=EDNS0(udp_len=1232, opts=[cookie])))
+    assert isinstance(with_cookie, Request) and with_cookie.ok
+    assert with_cookie.options == b"\x00\x0a\x00\x08" + b"\x01" * 8
 
 
 def test_malformed_edns_options_go_to_the_slow_path() -> None:

@@ -46,7 +46,8 @@ class Request:
     * ``qtype``: the question's type.
     * ``key``: the cache key: the name in lower case, type and class as on the wire, then one
       byte holding DO and CD.
-    * ``edns``, ``payload``, ``do``: whether an OPT came, its UDP payload size and DO bit.
+    * ``edns``, ``payload``, ``do``, ``opt``: whether an OPT came, its UDP payload size, DO bit
+      and offset (its version is 0 when ``ok``; :attr:`options` are its options' bytes).
     * ``ok``: the query has the ordinary shape and is ready to be answered; when False, the
       sanitise handler decides (FORMERR, NOTIMP, BADVERS, a signed query, ...).
 
@@ -68,6 +69,7 @@ class Request:
         "local",
         "nend",
         "ok",
+        "opt",
         "payload",
         "port",
         "qend",
@@ -96,6 +98,7 @@ class Request:
         self.tsig = False
         self.edns = self.do = self.ok = False
         self.payload = self.nend = self.qend = self.qtype = 0
+        self.opt = 0
         self.key = b""
         self.limit = MAX_TCP_MESSAGE if transport != UDP else MIN_UDP_PAYLOAD
         size = len(wire)
@@ -130,6 +133,7 @@ class Request:
             rtype, payload, ttl, rdlength = RR_FIXED.unpack_from(wire, qend + 1)
             if rtype == TYPE_OPT:
                 self.edns = True
+                self.opt = qend
                 self.payload = payload
                 self.do = bool(ttl & DO_BIT)
                 options = qend + 11
@@ -157,6 +161,11 @@ class Request:
     def question(self) -> bytes:
         """The question section as the client sent it (empty if it could not be walked)."""
         return self.wire[12 : self.qend]
+
+    @property
+    def options(self) -> bytes:
+        """The OPT record's options (RFC 6891 section 6.1.2), as sent; empty without one."""
+        return self.wire[self.opt + 11 :] if self.opt else b""
 
     @property
     def name(self) -> str:
