@@ -105,6 +105,100 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help=text,
         )
+    local = up.add_argument_group("local answers (docs/dns.md, README: examples)")
+    local.add_argument(
+        "--records-file",
+        action="append",
+        dest="records_files",
+        metavar="FILE",
+        help="custom records, Pipy JSON or TOML [[records]] (repeatable)",
+    )
+    local.add_argument("--lines-file", metavar="FILE", help="client lines, Pipy JSON format")
+    local.add_argument(
+        "--hosts-file",
+        action="append",
+        dest="hosts_files",
+        metavar="FILE",
+        help="hosts(5) file answered for A, AAAA, PTR (repeatable)",
+    )
+    local.add_argument(
+        "--zone",
+        action="append",
+        dest="zones",
+        metavar="NAME",
+        help="local zone: missing names under it get NXDOMAIN (repeatable)",
+    )
+    local.add_argument(
+        "--deny", action="append", metavar="NAME", help="answer NAME (*.NAME: below) REFUSED"
+    )
+    local.add_argument(
+        "--auto-ptr",
+        action="store_const",
+        const=True,
+        default=None,
+        help="PTR records for the A and AAAA records",
+    )
+    local.add_argument(
+        "--split",
+        action="append",
+        metavar="SUFFIX=UPSTREAM[,UPSTREAM][@POLICY]",
+        help="send names under SUFFIX to their own upstreams (repeatable)",
+    )
+    local.add_argument(
+        "--private-reverse-upstream",
+        action="append",
+        dest="private_reverse_upstreams",
+        metavar="HOST[:PORT]",
+        help="upstream for reverse names of private ranges (repeatable)",
+    )
+    local.add_argument("--state-dir", metavar="DIR", help="downloaded lists, state (/var/lib/olm)")
+    block = up.add_argument_group("blocklists")
+    block.add_argument(
+        "--block-list",
+        action="append",
+        dest="block.lists",
+        metavar="FILE|URL",
+        help="hosts, domain or adblock list (repeatable)",
+    )
+    block.add_argument(
+        "--block-allow",
+        action="append",
+        dest="block.allow",
+        metavar="NAME|FILE",
+        help="never block NAME, or the names of an allow list (repeatable)",
+    )
+    block.add_argument(
+        "--block-answer",
+        dest="block.answer",
+        metavar="nxdomain|refused|null|ADDR[,ADDR]",
+        help="the answer for blocked names (default nxdomain)",
+    )
+    fake = up.add_argument_group("fake-IP")
+    fake.add_argument(
+        "--fake-ip",
+        dest="fake_ip.enabled",
+        action="store_const",
+        const=True,
+        default=None,
+        help="answer names with addresses from a pool (TTL 1)",
+    )
+    fake.add_argument(
+        "--fake-ip-suffix",
+        action="append",
+        dest="fake_ip.suffixes",
+        metavar="SUFFIX",
+        help="only names under SUFFIX (repeatable; default: all)",
+    )
+    fake.add_argument(
+        "--fake-ip-exclude",
+        action="append",
+        dest="fake_ip.exclude",
+        metavar="SUFFIX",
+        help="never names under SUFFIX (repeatable)",
+    )
+    fake.add_argument("--fake-ip-range", dest="fake_ip.ipv4_range", metavar="PREFIX")
+    fake.add_argument("--fake-ip-range6", dest="fake_ip.ipv6_range", metavar="PREFIX")
+    fake.add_argument("--fake-ip-state-file", dest="fake_ip.state_file", metavar="FILE")
     up.add_argument(
         "--resolv-conf", default="/etc/resolv.conf", help=argparse.SUPPRESS
     )  # for tests: where default upstreams come from
@@ -129,6 +223,15 @@ _UP_FIELDS = (
     "mtu",
     "pcap",
     "log_level",
+    "records_files",
+    "lines_file",
+    "hosts_files",
+    "zones",
+    "deny",
+    "auto_ptr",
+    "split",
+    "private_reverse_upstreams",
+    "state_dir",
 )
 
 
@@ -141,7 +244,9 @@ def run_up(args: argparse.Namespace) -> int:
     from olm.daemon import Daemon, StartupError
 
     cli = {name: getattr(args, name) for name in _UP_FIELDS}
-    cli.update({k: v for k, v in vars(args).items() if k.startswith("cache.")})
+    cli.update(
+        {k: v for k, v in vars(args).items() if k.startswith(("cache.", "block.", "fake_ip."))}
+    )
 
     def load() -> Any:
         return load_settings(cli, os.environ, args.config)
@@ -164,7 +269,7 @@ def run_up(args: argparse.Namespace) -> int:
         status = asyncio.run(daemon.run())
     except StartupError as exc:
         print(f"olm: {exc}", file=sys.stderr)
-        return 1
+        return exc.status
     except DeviceError as exc:
         print(f"olm: {exc}", file=sys.stderr)
         return 2 if exc.is_permission_error else 1

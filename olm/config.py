@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from olm.dns.cache import CacheSettings
+from olm.dns.localfiles import DataError, RecordSpec, parse_records
+from olm.dns.rdata import RdataError, name_from_text
 from olm.dns.upstream import (
     Policy,
     Upstream,
@@ -40,6 +42,56 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 class ConfigError(ValueError):
     """A setting is invalid; the message starts with where it came from."""
+
+
+@dataclass(frozen=True, slots=True)
+class SplitSettings:
+    """A ``[[split]]`` entry: names under ``suffix`` go to their own upstream group."""
+
+    suffix: str
+    upstreams: tuple[str, ...]
+    policy: str = Policy.SEQUENTIAL.value
+
+
+@dataclass(frozen=True, slots=True)
+class ViewSettings:
+    """A ``[[views]]`` entry: a named set of client prefixes and what they choose.
+
+    ``upstreams`` (with ``policy``): the group that answers these clients; ``blocklists``: the
+    names of the ``[block]`` lists that apply to them (None: all of them).
+    """
+
+    name: str
+    clients: tuple[str, ...]
+    upstreams: tuple[str, ...] = ()
+    policy: str = Policy.SEQUENTIAL.value
+    blocklists: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSettings:
+    """``[block]``: blocklists (files or URLs), an allowlist, and the answer for blocked names.
+
+    ``answer`` is ``nxdomain``, ``refused``, ``null`` (0.0.0.0 and ::) or addresses to give.
+    """
+
+    lists: tuple[str, ...] = ()
+    allow: tuple[str, ...] = ()
+    answer: tuple[str, ...] = ("nxdomain",)
+    ttl: int = 60
+    refresh: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class FakeIpSettings:
+    """``[fake_ip]``: answer matching names with addresses from a pool (TTL 1)."""
+
+    enabled: bool = False
+    ipv4_range: str = "198.18.0.0/15"
+    ipv6_range: str | None = None
+    suffixes: tuple[str, ...] = ()  # empty: every name (minus ``exclude``)
+    exclude: tuple[str, ...] = ()
+    state_file: str | None = None
 
 
 @dataclass(slots=True)
@@ -60,7 +112,33 @@ class Settings:
     pcap: str | None = None
     log_level: str = "INFO"
     mtu: int = 1500
+    records_files: list[str] = field(default_factory=list)
+    records: list[RecordSpec] = field(default_factory=list)
+    zones: list[str] = field(default_factory=list)
+    deny: list[str] = field(default_factory=list)
+    auto_ptr: bool = False
+    local_negative_ttl: int = 60
+    lines_file: str | None = None
+    hosts_files: list[str] = field(default_factory=list)
+    hosts_ttl: int = 300
+    split: list[SplitSettings] = field(default_factory=list)
+    private_reverse_upstreams: list[str] = field(default_factory=list)
+    views: list[ViewSettings] = field(default_factory=list)
+    state_dir: str = "/var/lib/olm"
+    watch_interval: float = 2.0
     cache: CacheSettings = field(default_factory=CacheSettings)
+    block: BlockSettings = field(default_factory=BlockSettings)
+    fake_ip: FakeIpSettings = field(default_factory=FakeIpSettings)
+
+    @property
+    def data_files(self) -> list[str]:
+        """The local files whose changes rebuild the chain (records, lines, hosts, lists)."""
+        files = [*self.records_files, *self.hosts_files]
+        if self.lines_file:
+            files.append(self.lines_file)
+        files += [item for item in self.block.lists if "://" not in item]
+        files += [item for item in self.block.allow if "/" in item and "://" not in item]
+        return files
 
     def upstream_list(self, resolv_conf: str | Path = "/etc/resolv.conf") -> list[Upstream]:
         """Return the configured upstreams, or the nameservers of ``resolv_conf`` if none are.
@@ -194,6 +272,131 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"must be true or false, not {value!r}")
 
 
+def _names(value: Any) -> list[str]:
+    """Domain names (``*.name`` for a subtree): each must encode (RFC 1035 2.3.4)."""
+    items = _list(value)
+    for item in items:
+        try:
+            name_from_text(item.removeprefix("*.") if item != "*" else item)
+        except RdataError as exc:
+            raise ValueError(f"{item!r}: {exc.message}") from None
+    return items
+
+
+def _paths(value: Any) -> list[str]:
+    return [item for item in _list(value) if item]
+
+
+def _network(version: int, value: Any) -> str:
+    text = _text(value)
+    try:
+        network = ipaddress.ip_network(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv{version} prefix (host bits must be 0)") from None
+    if network.version != version:
+        raise ValueError(f"{text!r} is not an IPv{version} prefix")
+    return str(network)
+
+
+def _optional_network6(value: Any) -> str | None:
+    return _network(6, value) if _text(value) else None
+
+
+def _block_answer(value: Any) -> tuple[str, ...]:
+    items = _list(value)
+    if len(items) == 1 and items[0].lower() in ("nxdomain", "refused", "null"):
+        return (items[0].lower(),)
+    if not items:
+        raise ValueError("must be nxdomain, refused, null, or addresses")
+    for item in items:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise ValueError(
+                f"{item!r}: must be nxdomain, refused, null, or IP addresses"
+            ) from None
+    return tuple(items)
+
+
+def _split_entry(value: Any) -> SplitSettings:
+    """``suffix=upstream[,upstream...][@policy]`` (flags, environment) or a table."""
+    if isinstance(value, str):
+        suffix, sep, rest = value.partition("=")
+        if not sep:
+            raise ValueError(f"{value!r}: write SUFFIX=UPSTREAM[,UPSTREAM...][@POLICY]")
+        ups, _, policy = rest.partition("@")
+        value = {"suffix": suffix, "upstreams": ups, **({"policy": policy} if policy else {})}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a table with suffix and upstreams, not {value!r}")
+    unknown = set(value) - {"suffix", "upstreams", "policy"}
+    if unknown:
+        raise ValueError(f"unknown key {sorted(unknown)[0]!r} (known: suffix, upstreams, policy)")
+    suffix = _names([value.get("suffix", "")])[0] if value.get("suffix") else ""
+    if not suffix:
+        raise ValueError("suffix is missing")
+    upstreams = _upstreams(value.get("upstreams", []))
+    if not upstreams:
+        raise ValueError(f"suffix {suffix!r}: upstreams are missing")
+    policy = _policy(value.get("policy", Policy.SEQUENTIAL.value))
+    return SplitSettings(suffix, tuple(upstreams), policy)
+
+
+def _splits(value: Any) -> list[SplitSettings]:
+    if isinstance(value, str):
+        value = [part for part in value.split(";") if part.strip()]
+    if not isinstance(value, Sequence):
+        raise ValueError(f"must be a list of split entries, not {value!r}")
+    return [_split_entry(item) for item in value]
+
+
+def _view_entry(value: Any) -> ViewSettings:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a table, not {value!r}")
+    known = {"name", "clients", "upstreams", "policy", "blocklists"}
+    unknown = set(value) - known
+    if unknown:
+        raise ValueError(f"unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
+    name = _text(value.get("name", ""))
+    if not name:
+        raise ValueError("name is missing")
+    clients = _list(value.get("clients", []))
+    if not clients:
+        raise ValueError(f"view {name!r}: clients are missing")
+    for client in clients:
+        try:
+            ipaddress.ip_network(client, strict=False)
+        except ValueError:
+            raise ValueError(f"view {name!r}: {client!r} is not an IP prefix") from None
+    upstreams = _upstreams(value.get("upstreams", []))
+    lists = value.get("blocklists")
+    return ViewSettings(
+        name,
+        tuple(clients),
+        tuple(upstreams),
+        _policy(value.get("policy", Policy.SEQUENTIAL.value)),
+        tuple(_list(lists)) if lists is not None else None,
+    )
+
+
+def _views(value: Any) -> list[ViewSettings]:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise ValueError("must be [[views]] tables")
+    views = [_view_entry(item) for item in value]
+    names = [v.name for v in views]
+    if len(set(names)) != len(names):
+        raise ValueError("view names must be unique")
+    return views
+
+
+def _records(value: Any) -> list[RecordSpec]:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise ValueError("must be [[records]] tables")
+    try:
+        return parse_records(enumerate(value, 1), "records")
+    except DataError as exc:
+        raise ValueError(str(exc).removeprefix("records:")) from None
+
+
 def _mtu(value: Any) -> int:
     return _integer(68, 65535, value)  # RFC 791 section 3.2: every IPv4 link carries 68 bytes
 
@@ -235,8 +438,40 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "cache.serve_stale": _bool,
     "cache.stale_max_age": _ttl,
     "cache.prefetch": _bool,
+    "records_files": _paths,
+    "records": _records,
+    "zones": _names,
+    "deny": _names,
+    "auto_ptr": _bool,
+    "local_negative_ttl": _ttl,
+    "lines_file": _optional_path,
+    "hosts_files": _paths,
+    "hosts_ttl": _ttl,
+    "split": _splits,
+    "private_reverse_upstreams": _upstreams,
+    "views": _views,
+    "state_dir": _text,
+    "watch_interval": _seconds,
+    "block.lists": lambda v: tuple(_paths(v)),
+    "block.allow": lambda v: tuple(_list(v)),
+    "block.answer": _block_answer,
+    "block.ttl": _ttl,
+    "block.refresh": _seconds,
+    "fake_ip.enabled": _bool,
+    "fake_ip.ipv4_range": lambda v: _network(4, v),
+    "fake_ip.ipv6_range": _optional_network6,
+    "fake_ip.suffixes": lambda v: tuple(_names(v)),
+    "fake_ip.exclude": lambda v: tuple(_names(v)),
+    "fake_ip.state_file": _optional_path,
 }
-_TABLES = {"cache": CacheSettings}
+_TABLES: dict[str, Any] = {
+    "cache": CacheSettings,
+    "block": BlockSettings,
+    "fake_ip": FakeIpSettings,
+}
+#: Settings written as arrays of tables in TOML (``[[split]]``): checked whole, errors name
+#: the entry (``split[2]``) and the line of its header.
+_ARRAYS = frozenset({"records", "split", "views"})
 assert set(_CHECKS) == {f.name for f in fields(Settings) if f.name not in _TABLES} | {
     f"{table}.{f.name}" for table, kind in _TABLES.items() for f in fields(kind)
 }
@@ -284,6 +519,8 @@ def _from_file(path: Path) -> dict[str, Any]:
     for key, raw in data.items():
         if key in _TABLES and isinstance(raw, dict):
             items.extend((key, sub, value) for sub, value in raw.items())
+        elif key in _ARRAYS and isinstance(raw, list):
+            values[key] = _array_from_file(key, raw, text, path)
         else:
             items.append(("", key, raw))
     for table, key, raw in items:
@@ -301,6 +538,36 @@ def _from_file(path: Path) -> dict[str, Any]:
         except ValueError as exc:
             raise ConfigError(f"{where}: field {name!r}: {exc}") from None
     return values
+
+
+def _array_from_file(key: str, raw: list[Any], text: str, path: Path) -> Any:
+    """Check an array of tables entry by entry, naming the entry's line in errors."""
+    headers = [
+        number
+        for number, line in enumerate(text.splitlines(), 1)
+        if re.match(rf"\s*\[\[\s*{re.escape(key)}\s*\]\]", line)
+    ]
+    if key == "records":
+        try:
+            return parse_records(
+                [(headers[i] if i < len(headers) else 1, item) for i, item in enumerate(raw)],
+                path,
+                text,
+            )
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
+    check = _CHECKS[key]
+    for i, item in enumerate(raw):
+        try:
+            check([item])
+        except ValueError as exc:
+            line = headers[i] if i < len(headers) else _key_line(text, key)
+            where = f"{path}:{line}" if line is not None else str(path)
+            raise ConfigError(f"{where}: field '{key}[{i + 1}]': {exc}") from None
+    try:
+        return check(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: field {key!r}: {exc}") from None
 
 
 def load_settings(
@@ -350,7 +617,9 @@ def _build(values: dict[str, Any]) -> Settings:
         )
         for table, kind in _TABLES.items()
     }
-    settings = Settings(**top, cache=tables["cache"])
+    settings = Settings(
+        **top, cache=tables["cache"], block=tables["block"], fake_ip=tables["fake_ip"]
+    )
     cache = settings.cache
     if cache.min_ttl > cache.max_ttl:
         raise ConfigError(

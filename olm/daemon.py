@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,7 +31,7 @@ from netstack.stack import Stack
 from olm.config import ConfigError, Settings
 from olm.dns.engine import Engine
 from olm.dns.frontends import StackUdpServer, tcp_server
-from olm.dns.pipeline import Pipeline
+from olm.dns.pipeline import DataError, Pipeline
 from olm.dns.upstream import UpstreamConfigError
 from olm.runtime import TunStack, TunStackConfig, assign_service_addresses
 
@@ -40,7 +41,15 @@ DNS_PORT = 53
 
 
 class StartupError(Exception):
-    """The daemon cannot start; the message says why (exit status 1)."""
+    """The daemon cannot start; the message says why, ``status`` is the exit status.
+
+    1 when the environment lacks something (no usable upstream in resolv.conf), 2 for a bad
+    data file (records, lines, hosts, lists), whose file, line and field the message names.
+    """
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Service:
@@ -60,6 +69,8 @@ class Service:
         self.pipeline = Pipeline(settings, stack.clock, counters, resolv_conf)
         try:
             chain = self.pipeline.build(settings)
+        except DataError as exc:
+            raise StartupError(str(exc), status=2) from exc
         except (UpstreamConfigError, ConfigError) as exc:
             raise StartupError(str(exc)) from exc
         self.engine = Engine(chain, stack.clock, counters, self.pipeline.gate)
@@ -92,7 +103,29 @@ class Service:
             )
             self._tcp.append(server)
 
-    RELOADABLE = frozenset({"upstreams", "policy", "timeout", "deadline", "max_inflight", "cache"})
+    RELOADABLE = frozenset(
+        {
+            "upstreams",
+            "policy",
+            "timeout",
+            "deadline",
+            "max_inflight",
+            "cache",
+            "records_files",
+            "records",
+            "zones",
+            "deny",
+            "auto_ptr",
+            "local_negative_ttl",
+            "lines_file",
+            "hosts_files",
+            "hosts_ttl",
+            "split",
+            "private_reverse_upstreams",
+            "views",
+            "watch_interval",
+        }
+    )
     """Settings a SIGHUP applies; the others (the TUN, addresses, TCP limits...) need a restart."""
 
     def reload(self, settings: Settings) -> list[str]:
@@ -113,6 +146,13 @@ class Service:
         self.engine.chain = self.pipeline.build(effective)
         self.settings = effective
         return ignored
+
+    def rebuild(self) -> None:
+        """Read the data files again and swap in a new chain (a watched file changed).
+
+        Raises DataError (or ConfigError) and changes nothing when the files are bad.
+        """
+        self.engine.chain = self.pipeline.build(self.settings)
 
     @property
     def upstreams(self) -> list[str]:
@@ -186,6 +226,7 @@ class Daemon:
             )
             async with TunStack(tun, stack):
                 await service.start()
+                watcher = asyncio.ensure_future(self._watch())
                 cache = f"cache {s.cache.size} entries" if s.cache.enabled else "no cache"
                 self.ready(
                     f"olm: ready on {s.tun} ({', '.join(s.addresses)}) port 53, "
@@ -193,6 +234,7 @@ class Daemon:
                 )
                 await self._stop.wait()
                 log.info("stopping")
+                watcher.cancel()
                 await service.stop()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -205,13 +247,54 @@ class Daemon:
         try:
             settings = self.reload_settings()
             ignored = self.service.reload(settings)
-        except (ConfigError, UpstreamConfigError) as exc:
-            if self.stack is not None:
-                self.stack.counters.child("dns").inc("reload_failed")
-            log.error("reload failed, keeping the old settings: %s", exc)
+        except (ConfigError, UpstreamConfigError, DataError) as exc:
+            self._reload_failed(exc)
             return
         if ignored:
             log.warning("reload: %s changed but take effect only on restart", ", ".join(ignored))
         ups = ", ".join(self.service.upstreams)
         log.info("reloaded: upstreams %s, policy %s", ups, settings.policy)
         print(f"olm: reloaded, upstreams {ups}", flush=True)
+
+    def _reload_failed(self, exc: Exception) -> None:
+        """Keep the old settings and data; log the error (file, line, field) and count it."""
+        if self.stack is not None:
+            self.stack.counters.child("dns").inc("reload_failed")
+        log.error("reload failed, keeping the old settings and data: %s", exc)
+
+    async def _watch(self) -> None:
+        """Rebuild the chain when a data file changes (polled every ``watch_interval``).
+
+        A file that changed is read again with all the others; when any of them is bad the
+        old chain stays, and the change is retried when the file changes again.
+        """
+        seen = _stats(self.settings.data_files)
+        while True:
+            service = self.service
+            await asyncio.sleep(service.settings.watch_interval if service else 2.0)
+            if service is None:
+                continue
+            now = _stats(service.settings.data_files)
+            if now == seen:
+                continue
+            seen = now
+            try:
+                service.rebuild()
+            except (ConfigError, UpstreamConfigError, DataError) as exc:
+                self._reload_failed(exc)
+                continue
+            service.stack.counters.child("dns").inc("data_reloaded")
+            log.info("data files changed: reloaded")
+
+
+def _stats(paths: list[str]) -> dict[str, tuple[int, int, int] | None]:
+    """Return each file's (inode, size, mtime in ns), or None if it cannot be read."""
+    result: dict[str, tuple[int, int, int] | None] = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            result[path] = None
+            continue
+        result[path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return result

@@ -257,7 +257,10 @@ class Cache:
                 segment.clear()
                 continue
             name = name.lower()
-            for key in [k for k in segment if k[:-5] == name]:
+            # A key is the name, type, class and a DO/CD byte, then maybe a group's tag.
+            size = len(name) + 5
+            keys = [k for k in segment if k[: size - 5] == name and k[size : size + 1] in b"@"]
+            for key in keys:
                 dropped += 1
                 del segment[key]
         self.bytes = sum(e.size for e in self.entries())

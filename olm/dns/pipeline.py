@@ -2,29 +2,50 @@
 
 A :class:`Pipeline` owns what must outlive any one chain: the in-flight gate, the cache's
 entries and flights, the upstream transports (their socket pools) and the counters. Each call
-of :meth:`Pipeline.build` makes a new chain from settings over those, so SIGHUP can swap chains
-atomically: a query in flight keeps the handlers (and upstream group) it started with.
+of :meth:`Pipeline.build` reads the settings' data files and makes a new chain over those, so
+SIGHUP (or a changed data file) can swap chains atomically: a query in flight keeps the handlers
+(and upstream group) it started with, and a query sees either the old data or the new.
+
+The chain, in order (handlers that have nothing to do are left out)::
+
+    sanitise -> admission -> views -> records -> hosts -> split -> cache -> forward
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from netstack.clock import Clock
 from netstack.counters import Counters
-from olm.config import Settings
+from olm.config import ConfigError, Settings
 from olm.dns.cache import Cache
 from olm.dns.handlers import Handler, link
 from olm.dns.handlers.admission import Admission, Gate
 from olm.dns.handlers.cache import CacheHandler
 from olm.dns.handlers.forward import Forward
+from olm.dns.handlers.hosts import Hosts
+from olm.dns.handlers.records import Records
 from olm.dns.handlers.sanitise import Sanitise
-from olm.dns.upstream import Upstream, UpstreamGroup
+from olm.dns.handlers.split import PRIVATE_REVERSE_ZONES, Split
+from olm.dns.handlers.views import View, Views
+from olm.dns.local import LocalData
+from olm.dns.localfiles import (
+    DataError,
+    Lines,
+    build_local_data,
+    read_hosts_files,
+    read_lines_file,
+    read_records_file,
+)
+from olm.dns.upstream import Upstream, UpstreamGroup, parse_upstream
 from olm.dns.upstream.udp import UdpTransport
 
-__all__ = ["Pipeline"]
+__all__ = ["DataError", "Pipeline"]
 
 
 class Pipeline:
@@ -49,45 +70,133 @@ class Pipeline:
         self._transports: dict[Upstream, UdpTransport] = {}
         self.settings = settings
         self.upstreams: list[Upstream] = []
+        self._routing: tuple[object, ...] = ()
+        self.local: LocalData | None = None
 
     def build(self, settings: Settings) -> Handler:
-        """Make the chain for ``settings``; raises ConfigError when no upstream is usable.
+        """Make the chain for ``settings``, reading its data files.
 
-        Applied to the shared state: the in-flight bound, the cache's bounds and rules (its
-        entries are dropped when the upstreams change, as they answered for the old ones), and
-        transports for new upstreams (those no longer named are closed once every query that
-        may still use them has passed its deadline).
+        Raises ConfigError when no upstream is usable and DataError when a data file is bad;
+        then nothing is changed. Applied to the shared state: the in-flight bound, the cache's
+        bounds and rules (its entries are dropped when the upstreams change, as they answered
+        for the old ones), and transports for new upstreams (those no longer named are closed
+        once every query that may still use them has passed its deadline).
         """
         upstreams = settings.upstream_list(self.resolv_conf)
-        now = self.clock.now()
-        if self.upstreams and upstreams != self.upstreams:
+        local = self._local_data(settings)
+        lines = read_lines_file(settings.lines_file) if settings.lines_file else Lines()
+        hosts = read_hosts_files(settings.hosts_files) if settings.hosts_files else None
+        routing = self._routing_of(settings, upstreams)
+        own = {ipaddress.ip_address(a) for a in settings.addresses}
+        for text in [
+            *(u for v in settings.views for u in v.upstreams),
+            *(u for s in settings.split for u in s.upstreams),
+            *settings.private_reverse_upstreams,
+        ]:
+            if parse_upstream(text).address in own:
+                raise ConfigError(f"upstreams: {text} is one of the service addresses")
+        # Everything read and checked: from here on nothing fails.
+        if self._routing and routing != self._routing:
             self.cache.flush()
-        self.cache.configure(settings.cache, now)
+        self.cache.configure(settings.cache, self.clock.now())
         self.gate.limit = settings.max_inflight
+        used: set[Upstream] = set()
+        default = self._group("default", upstreams, settings.policy, settings, used)
+        views = [
+            View(
+                v.name,
+                tuple(ipaddress.ip_network(c, strict=False) for c in v.clients),
+                self._group(f"view:{v.name}", v.upstreams, v.policy, settings, used)
+                if v.upstreams
+                else None,
+                frozenset(v.blocklists) if v.blocklists is not None else None,
+            )
+            for v in settings.views
+        ]
+        routes = {
+            s.suffix: self._group(f"split:{s.suffix}", s.upstreams, s.policy, settings, used)
+            for s in settings.split
+        }
+        if settings.private_reverse_upstreams:
+            private = self._group(
+                "private-reverse",
+                settings.private_reverse_upstreams,
+                settings.policy,
+                settings,
+                used,
+            )
+            for zone in PRIVATE_REVERSE_ZONES:
+                routes.setdefault(zone, private)
+        self._retire(used, settings.deadline)
+        c = self.counters
+        handlers: list[Handler] = [Sanitise(c), Admission(c, self.gate)]
+        if lines.prefixes or views:
+            handlers.append(Views(c, lines, views))
+        if local is not None:
+            handlers.append(Records(c, local, self.clock))
+        if hosts is not None:
+            handlers.append(Hosts(c, hosts, settings.hosts_ttl, settings.local_negative_ttl))
+        if routes:
+            handlers.append(Split(c, routes))
+        if settings.cache.enabled:
+            handlers.append(CacheHandler(c, self.cache, self.clock, self.gate))
+        handlers.append(Forward(c, default))
+        self.settings = settings
+        self.upstreams = upstreams
+        self._routing = routing
+        self.local = local
+        return link(handlers, c)
+
+    def _local_data(self, settings: Settings) -> LocalData | None:
+        specs = list(settings.records)
+        for path in settings.records_files:
+            specs += read_records_file(path)
+        if not (specs or settings.zones or settings.deny):
+            return None
+        return build_local_data(
+            specs,
+            zones=settings.zones,
+            deny=settings.deny,
+            auto_ptr=settings.auto_ptr,
+            negative_ttl=settings.local_negative_ttl,
+            serial=int(time.time()),
+        )
+
+    @staticmethod
+    def _routing_of(settings: Settings, default: list[Upstream]) -> tuple[object, ...]:
+        """Return what decides which upstream answers what (a change flushes the cache)."""
+        return (
+            tuple(default),
+            tuple((s.suffix, s.upstreams) for s in settings.split),
+            tuple((v.name, v.clients, v.upstreams) for v in settings.views),
+            tuple(settings.private_reverse_upstreams),
+        )
+
+    def _group(
+        self,
+        name: str,
+        upstreams: Sequence[Upstream | str],
+        policy: str,
+        settings: Settings,
+        used: set[Upstream],
+    ) -> UpstreamGroup:
         node = self.counters.child("upstream")
         transports = []
-        for upstream in upstreams:
+        for item in upstreams:
+            upstream = item if isinstance(item, Upstream) else parse_upstream(item)
             transport = self._transports.get(upstream)
             if transport is None:
                 transport = self._transports[upstream] = UdpTransport(upstream, node)
             transports.append(transport)
-        self._retire(set(upstreams), settings.deadline)
-        group = UpstreamGroup(
-            "default",
+            used.add(upstream)
+        return UpstreamGroup(
+            name,
             transports,
             node,
-            policy=settings.policy,
+            policy=policy,
             timeout=settings.timeout,
             deadline=settings.deadline,
         )
-        c = self.counters
-        handlers: list[Handler] = [Sanitise(c), Admission(c, self.gate)]
-        if settings.cache.enabled:
-            handlers.append(CacheHandler(c, self.cache, self.clock, self.gate))
-        handlers.append(Forward(c, group))
-        self.settings = settings
-        self.upstreams = upstreams
-        return link(handlers, c)
 
     def _retire(self, keep: set[Upstream], deadline: float) -> None:
         gone = [u for u in self._transports if u not in keep]
@@ -100,7 +209,7 @@ class Pipeline:
             loop.call_later(deadline + 1.0, transport.close)
 
     def close(self) -> None:
-        """Close every transport and cancel the cache's flights."""
+        """Close every transport and cancel the cache's background work."""
         self.cache.close()
         for transport in self._transports.values():
             with contextlib.suppress(Exception):

@@ -157,6 +157,16 @@ class Request:
         )
         self.ok = ok
 
+    def route(self, group: UpstreamGroup) -> None:
+        """Send the request to ``group``, and key its cache entry by that group too.
+
+        Split DNS and views choose groups; two groups may answer a name differently, so the
+        cache keeps their answers apart (the group's tag ends the key).
+        """
+        self.group = group
+        base = self.nend - 12 + 5  # name, type, class, DO/CD byte
+        self.key = self.key[:base] + group.tag
+
     @property
     def question(self) -> bytes:
         """The question section as the client sent it (empty if it could not be walked)."""

@@ -29,7 +29,9 @@ __all__ = [
     "Record",
     "WireError",
     "ede_option",
+    "expand_records",
     "opt_record",
+    "read_name",
     "records",
     "skip_name",
 ]
@@ -163,3 +165,73 @@ def opt_record(
         )
         + options
     )
+
+
+#: Types whose RDATA holds names that may be compressed (RFC 3597 section 4: only the types
+#: of RFC 1035): NS, MD, MF, CNAME, SOA, MB, MG, MR, PTR, MINFO, MX.
+_NAMES_IN_RDATA: Final = {2: 1, 3: 1, 4: 1, 5: 1, 6: 2, 7: 1, 8: 1, 9: 1, 12: 1, 14: 2, 15: 1}
+_MAX_HOPS: Final = 32
+
+
+def read_name(msg: bytes, off: int) -> tuple[bytes, int]:
+    """Return the name at ``off`` written in full (pointers followed) and the offset after it.
+
+    Pointers must point backwards (so they cannot loop), at most 32 of them.
+    """
+    out = bytearray()
+    end = -1
+    hops = 0
+    size = len(msg)
+    while True:
+        if off >= size:
+            raise WireError("name_overrun")
+        length = msg[off]
+        if length >= 0xC0:
+            if off + 2 > size:
+                raise WireError("name_overrun")
+            target = (length & 0x3F) << 8 | msg[off + 1]
+            if target >= off or hops >= _MAX_HOPS:
+                raise WireError("bad_pointer")
+            hops += 1
+            if end < 0:
+                end = off + 2
+            off = target
+            continue
+        if length > 63:
+            raise WireError("bad_label")
+        out += msg[off : off + length + 1]
+        if len(out) > 255:
+            raise WireError("name_too_long")
+        if length == 0:
+            return bytes(out), (end if end >= 0 else off + 1)
+        off += length + 1
+
+
+def expand_records(msg: bytes, start: int) -> list[tuple[int, bytes]]:
+    """Return every record after ``start`` as ``(section, bytes)`` with no compression left.
+
+    The owner is written in full, and so are the names in the RDATA of the types that may
+    compress them; other RDATA is copied as it is. OPT records are left out.
+    """
+    _, _, _, ancount, nscount, arcount = HEADER.unpack_from(msg)
+    out = []
+    for record in records(msg, start, (ancount, nscount, arcount)):
+        if record.rtype == TYPE_OPT:
+            continue
+        owner, fixed = read_name(msg, record.start)
+        rdata = msg[record.rdata : record.end]
+        names = _NAMES_IN_RDATA.get(record.rtype)
+        if names:
+            off = record.rdata
+            parts = []
+            if record.rtype == 15:  # MX: PREFERENCE first (RFC 1035 3.3.9)
+                parts.append(msg[off : off + 2])
+                off += 2
+            for _ in range(names):
+                name, off = read_name(msg, off)
+                parts.append(name)
+            parts.append(msg[off : record.end])  # SOA's five numbers
+            rdata = b"".join(parts)
+        head = msg[fixed : fixed + 8]  # TYPE, CLASS, TTL
+        out.append((record.section, owner + head + U16.pack(len(rdata)) + rdata))
+    return out

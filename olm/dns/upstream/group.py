@@ -56,6 +56,8 @@ class UpstreamGroup:
         if timeout <= 0 or deadline <= 0:
             raise ValueError("timeout and deadline must be positive")
         self.name = name
+        #: Appended to the cache keys of the queries this group answers (see Request.route).
+        self.tag = b"@" + name.encode("utf-8", "replace")
         self.transports = list(transports)
         self.counters = counters
         self.policy = Policy(policy)
