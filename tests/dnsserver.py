@@ -30,8 +30,9 @@ def answer(query: DNSRecord, a_addr: str, ttl: int = 60, negative_ttl: int = 60)
     q = query.q
     name = str(q.qname).lower().rstrip(".")
     qtype = QTYPE[q.qtype]
-    if name in ("example.test", "host.example.test", "www.example.test") or name.endswith(
-        ".any.example.test"
+    # Any name with a label "any" (x.any.example.test, host.any.corp.internal) exists too.
+    if name in ("example.test", "host.example.test", "www.example.test") or ".any." in (
+        f".{name}."
     ):
         if qtype in ("A", "ANY"):
             reply.add_answer(RR(q.qname, QTYPE.A, rdata=A(a_addr), ttl=ttl))

@@ -1,0 +1,199 @@
+"""Local answers of `olm up` seen by dig over a real TUN, in a namespace each test creates.
+
+Clients of different lines are dig with ``-b``: the host side of the TUN gets more addresses.
+Upstreams are tests/dnsserver.py on 127.0.0.1 inside the namespace; nothing leaves it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from olmproc import OlmProcess, counters_from
+from test_kernel_cache import QueryLog, start
+from test_kernel_dns import V4, dig, start_upstream
+
+from netns import NetNS, python_env
+
+pytestmark = pytest.mark.privileged
+
+TUN = "olmlocal0"
+RECORDS = [
+    {
+        "name": "www.example.com",
+        "type": "A",
+        "ttl": 300,
+        "rdata": "192.168.1.1",
+        "labels": ["line1"],
+    },
+    {
+        "name": "www.example.com",
+        "type": "A",
+        "ttl": 300,
+        "rdata": "192.168.1.2",
+        "labels": ["line2"],
+    },
+    {"name": "www.example.com", "type": "A", "ttl": 300, "rdata": "192.168.1.3"},
+    {
+        "name": "example.com",
+        "type": "MX",
+        "ttl": 300,
+        "rdata": {"preference": 10, "exchange": "mail.example.com"},
+    },
+    {"name": "example.com", "type": "TXT", "ttl": 300, "rdata": "v=spf1 -all"},
+    {"name": "example.com", "type": "NS", "ttl": 300, "rdata": "ns1.example.com"},
+    {
+        "name": "_sip._tcp.example.com",
+        "type": "SRV",
+        "ttl": 300,
+        "rdata": {"priority": 10, "weight": 5, "port": 5060, "target": "sip.example.com"},
+    },
+    {"name": "app.example.com", "type": "A", "ttl": 300, "rdata": "192.168.1.50"},
+    {"name": "alias.example.com", "type": "CNAME", "ttl": 300, "rdata": "www.example.test"},
+]
+LINES = {"line1": ["10.30.30.1/32"], "line2": ["10.30.30.2/32"]}
+
+
+@pytest.fixture
+def olm(netns: NetNS) -> Iterator[list[OlmProcess]]:
+    started: list[OlmProcess] = []
+    yield started
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.stop()
+
+
+def olm_up(netns: NetNS, started: list[OlmProcess], *args: str) -> OlmProcess:
+    proc = OlmProcess(netns, ["up", "--tun", TUN, "--stats", "--upstream", "127.0.0.1:5300", *args])
+    started.append(proc)
+    return proc
+
+
+def answers(out: str, rtype: str = "A") -> list[str]:
+    return sorted(
+        line.split()[-1]
+        for line in out.splitlines()
+        if not line.startswith(";") and len(line.split()) >= 5 and line.split()[3] == rtype
+    )
+
+
+def write(tmp_path: Path, name: str, content: object) -> str:
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
+    return str(path)
+
+
+def test_records_lines_hosts_and_split_seen_by_dig(
+    netns: NetNS, olm: list[OlmProcess], tmp_path: Path
+) -> None:
+    start(netns)  # the default upstream on 5300: www.example.test is 192.0.2.10
+    corp = start_split_upstream(netns)
+    records = write(tmp_path, "records.json", RECORDS)
+    lines = write(tmp_path, "smart-line.json", LINES)
+    hosts = write(tmp_path, "hosts", "192.0.2.77 printer.lan printer\n")
+    up = olm_up(
+        netns,
+        olm,
+        "--records-file",
+        records,
+        "--lines-file",
+        lines,
+        "--hosts-file",
+        hosts,
+        "--auto-ptr",
+        "--split",
+        "corp.internal=127.0.0.1:5301",
+    )
+    for extra in ("10.30.30.2", "10.30.30.3"):
+        netns.run(["ip", "addr", "add", f"{extra}/32", "dev", TUN])
+    # The Pipy article's three answers: line1, line2, and a client in no line.
+    line1 = dig(netns, "-b", "10.30.30.1", f"@{V4}", "www.example.com", "A")
+    line2 = dig(netns, "-b", "10.30.30.2", f"@{V4}", "www.example.com", "A")
+    nobody = dig(netns, "-b", "10.30.30.3", f"@{V4}", "www.example.com", "A")
+    assert answers(line1) == ["192.168.1.1", "192.168.1.3"], line1
+    assert answers(line2) == ["192.168.1.2", "192.168.1.3"], line2
+    assert answers(nobody) == ["192.168.1.1", "192.168.1.2", "192.168.1.3"], nobody
+    assert " aa" in line1.split("flags:")[1].split(";")[0]  # authoritative
+    assert answers(dig(netns, f"@{V4}", "example.com", "MX"), "MX") == ["mail.example.com."]
+    assert '\tTXT\t"v=spf1 -all"' in dig(netns, f"@{V4}", "example.com", "TXT")
+    assert answers(dig(netns, f"@{V4}", "example.com", "NS"), "NS") == ["ns1.example.com."]
+    srv = dig(netns, f"@{V4}", "_sip._tcp.example.com", "SRV")
+    assert "10 5 5060 sip.example.com." in srv
+    ptr = dig(netns, "-x", "192.168.1.50", f"@{V4}")
+    assert answers(ptr, "PTR") == ["app.example.com."]
+    assert answers(dig(netns, f"@{V4}", "printer.lan", "A")) == ["192.0.2.77"]
+    assert answers(dig(netns, "-x", "192.0.2.77", f"@{V4}"), "PTR") == ["printer.lan."]
+    # A CNAME out of local data is followed upstream; the reply holds the whole chain.
+    alias = dig(netns, f"@{V4}", "alias.example.com", "A")
+    assert "alias.example.com." in alias and answers(alias) == ["192.0.2.10"]
+    # Split DNS: the corp suffix goes to its own upstream, the rest to the default.
+    assert answers(dig(netns, f"@{V4}", "host.any.corp.internal", "A")) == ["192.0.2.99"]
+    assert answers(dig(netns, f"@{V4}", "host.any.example.test", "A")) == ["192.0.2.10"]
+    assert corp.count("host.any.corp.internal") == 1
+    assert corp.count("host.any.example.test", settle=0) == 0
+    _, _, err = up.stop()
+    counters = counters_from(err)
+    assert counters["dns.records.answer"] >= 6
+    assert counters["dns.views.matched"] >= 2 and counters["dns.views.unmatched"] >= 1
+    assert counters["dns.split.routed.corp.internal"] == 1
+
+
+def start_split_upstream(netns: NetNS) -> QueryLog:
+    """The corp upstream on 127.0.0.1:5301: every name it knows is 192.0.2.99."""
+    return QueryLog(start_upstream(netns, 5301, "--log-queries", "--a", "192.0.2.99"))
+
+
+def test_records_file_change_is_picked_up_and_a_bad_one_keeps_the_old(
+    netns: NetNS, olm: list[OlmProcess], tmp_path: Path
+) -> None:
+    start(netns)
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps([{"name": "svc.lan", "type": "A", "rdata": "192.0.2.1"}]))
+    up = olm_up(netns, olm, "--records-file", str(path))
+    assert answers(dig(netns, f"@{V4}", "svc.lan")) == ["192.0.2.1"]
+    path.write_text(json.dumps([{"name": "svc.lan", "type": "A", "rdata": "192.0.2.2"}]))
+    deadline = time.monotonic() + 10
+    while answers(dig(netns, f"@{V4}", "svc.lan")) != ["192.0.2.2"]:
+        assert time.monotonic() < deadline, "the changed file was not picked up"
+        time.sleep(0.3)
+    path.write_text('[{"name": "svc.lan", "type": "A", "rdata": "not-an-address"}]')
+    time.sleep(3)
+    assert answers(dig(netns, f"@{V4}", "svc.lan")) == ["192.0.2.2"]  # the old data stays
+    up.proc.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    _, _, err = up.stop()
+    assert f"{path}:1: field 'rdata'" in err
+    counters = counters_from(err)
+    assert counters["dns.reload_failed"] >= 2  # the watcher's try, and SIGHUP's
+    assert counters["dns.data_reloaded"] == 1
+
+
+def test_bad_records_file_at_start_exits_2_naming_file_line_and_field(
+    netns: NetNS, tmp_path: Path
+) -> None:
+    path = tmp_path / "records.json"
+    path.write_text('[\n  {"name": "a.lan", "type": "A", "ttl": "soon", "rdata": "192.0.2.1"}\n]\n')
+    done = netns.run(
+        [
+            sys.executable,
+            "-m",
+            "olm",
+            "up",
+            "--tun",
+            TUN,
+            "--upstream",
+            "127.0.0.1:5300",
+            "--records-file",
+            str(path),
+        ],
+        check=False,
+        env=python_env(),
+    )
+    assert done.returncode == 2
+    assert f"{path}:2: field 'ttl'" in done.stderr, done.stderr
+    assert TUN not in netns.run(["ip", "link", "show"]).stdout
