@@ -8,7 +8,7 @@ SIGHUP (or a changed data file) can swap chains atomically: a query in flight ke
 
 The chain, in order (handlers that have nothing to do are left out)::
 
-    sanitise -> admission -> views -> records -> hosts -> split -> cache -> forward
+    sanitise -> admission -> views -> records -> hosts -> block -> split -> cache -> forward
 """
 
 from __future__ import annotations
@@ -16,16 +16,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from netstack.clock import Clock
 from netstack.counters import Counters
 from olm.config import ConfigError, Settings
+from olm.dns.blocklist import (
+    Blocklists,
+    DomainSet,
+    ListError,
+    ListRefresher,
+    ListSource,
+    ParsedList,
+    load,
+    wire_name,
+)
 from olm.dns.cache import Cache
 from olm.dns.handlers import Handler, link
 from olm.dns.handlers.admission import Admission, Gate
+from olm.dns.handlers.block import Block
 from olm.dns.handlers.cache import CacheHandler
 from olm.dns.handlers.forward import Forward
 from olm.dns.handlers.hosts import Hosts
@@ -72,6 +85,11 @@ class Pipeline:
         self.upstreams: list[Upstream] = []
         self._routing: tuple[object, ...] = ()
         self.local: LocalData | None = None
+        self.block: Block | None = None
+        self._lists: dict[str, tuple[object, DomainSet]] = {}
+        self._refresher: ListRefresher | None = None
+        self._refresh_key: tuple[ListSource, ...] = ()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def build(self, settings: Settings) -> Handler:
         """Make the chain for ``settings``, reading its data files.
@@ -84,6 +102,7 @@ class Pipeline:
         """
         upstreams = settings.upstream_list(self.resolv_conf)
         local = self._local_data(settings)
+        blocklists = self._blocklists(settings)
         lines = read_lines_file(settings.lines_file) if settings.lines_file else Lines()
         hosts = read_hosts_files(settings.hosts_files) if settings.hosts_files else None
         routing = self._routing_of(settings, upstreams)
@@ -136,6 +155,11 @@ class Pipeline:
             handlers.append(Records(c, local, self.clock))
         if hosts is not None:
             handlers.append(Hosts(c, hosts, settings.hosts_ttl, settings.local_negative_ttl))
+        self.block = None
+        if blocklists is not None:
+            self.block = Block(c, blocklists, settings.block.answer, settings.block.ttl)
+            handlers.append(self.block)
+            self._refresh_lists(settings)
         if routes:
             handlers.append(Split(c, routes))
         if settings.cache.enabled:
@@ -146,6 +170,98 @@ class Pipeline:
         self._routing = routing
         self.local = local
         return link(handlers, c)
+
+    def _sources(self, settings: Settings) -> list[ListSource]:
+        """Return the ``[block] lists`` as named sources (file or URL stems, made unique)."""
+        sources: list[ListSource] = []
+        names: set[str] = set()
+        for location in settings.block.lists:
+            stem = Path(location.split("?", 1)[0].rstrip("/")).stem or "list"
+            name = stem
+            n = 1
+            while name in names:
+                n += 1
+                name = f"{stem}-{n}"
+            names.add(name)
+            sources.append(ListSource(name, location, settings.block.refresh))
+        return sources
+
+    def _blocklists(self, settings: Settings) -> Blocklists | None:
+        """Read the block and allow lists; unchanged files are not read again."""
+        block = settings.block
+        if not block.lists:
+            return None
+        cache_dir = Path(settings.state_dir) / "lists"
+        sets: list[tuple[str, DomainSet]] = []
+        kept: dict[str, tuple[object, DomainSet]] = {}
+        for source in self._sources(settings):
+            stamp = _stamp(source.cache_path(cache_dir) if source.is_url else source.location)
+            known = self._lists.get(source.location)
+            if known is not None and stamp is not None and known[0] == stamp:
+                names = known[1]
+            else:
+                try:
+                    if source.is_url:
+                        cache_dir.mkdir(parents=True, exist_ok=True)
+                    parsed = load(source, cache_dir)
+                except (ListError, OSError) as exc:
+                    raise DataError(f"[block] list {source.location}: {exc}") from None
+                names = DomainSet.build(parsed.block)
+            kept[source.location] = (stamp, names)
+            sets.append((source.name, names))
+        allowed: list[bytes] = []
+        for item in block.allow:
+            if "/" in item:
+                try:
+                    parsed = load(ListSource("allow", item), cache_dir)
+                except (ListError, OSError) as exc:
+                    raise DataError(f"[block] allow {item}: {exc}") from None
+                allowed += parsed.block + parsed.allow
+            else:
+                allowed.append(wire_name(item.removeprefix("*.")))
+        self._lists = kept
+        return Blocklists(sets, DomainSet.build(allowed))
+
+    def _refresh_lists(self, settings: Settings) -> None:
+        """Keep downloading the URL lists; each new one replaces its set in the chain."""
+        sources = [s for s in self._sources(settings) if s.is_url]
+        key = tuple(sources)
+        if key == self._refresh_key:
+            return
+        if self._refresher is not None:
+            self._spawn(self._refresher.stop())
+            self._refresher = None
+        self._refresh_key = key
+        if not sources:
+            return
+        cache_dir = Path(settings.state_dir) / "lists"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        by_name = {s.name: s for s in sources}
+
+        def updated(name: str, parsed: ParsedList) -> None:
+            source = by_name.get(name)
+            if source is not None:
+                self._spawn(self._swap_list(source, parsed, cache_dir))
+
+        self._refresher = ListRefresher(
+            sources, cache_dir, updated, self.counters.child("block").child("refresh")
+        )
+        self._refresher.start()
+
+    async def _swap_list(self, source: ListSource, parsed: ParsedList, cache_dir: Path) -> None:
+        # Sorting a million hashes takes a second: off the event loop.
+        names = await asyncio.to_thread(DomainSet.build, parsed.block)
+        self._lists[source.location] = (_stamp(source.cache_path(cache_dir)), names)
+        block = self.block
+        if block is None:
+            return
+        lists = [(n, names if n == source.name else s) for n, s in block.lists.lists]
+        block.lists = Blocklists(lists, block.lists.allow)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _local_data(self, settings: Settings) -> LocalData | None:
         specs = list(settings.records)
@@ -209,8 +325,20 @@ class Pipeline:
             loop.call_later(deadline + 1.0, transport.close)
 
     def close(self) -> None:
-        """Close every transport and cancel the cache's background work."""
+        """Close every transport and cancel the cache's and the lists' background work."""
         self.cache.close()
+        if self._refresher is not None:
+            self._spawn(self._refresher.stop())
+            self._refresher = None
         for transport in self._transports.values():
             with contextlib.suppress(Exception):
                 transport.close()
+
+
+def _stamp(path: str | Path) -> tuple[int, int, int] | None:
+    """Return a file's identity and version (inode, size, mtime), None if unreadable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
