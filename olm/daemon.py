@@ -105,6 +105,7 @@ class Service:
 
     RELOADABLE = frozenset(
         {
+            "block",
             "upstreams",
             "policy",
             "timeout",
@@ -216,6 +217,8 @@ class Daemon:
             stack = self.stack = Stack(AsyncioClock())
             # No usable upstream is a startup error before anything is created.
             service = self.service = Service(s, stack, self.resolv_conf)
+            fake = s.fake_ip
+            ranges = [fake.ipv4_range, *([fake.ipv6_range] if fake.ipv6_range else [])]
             tun = TunStackConfig(
                 tun=s.tun,
                 addresses=list(s.addresses),
@@ -223,8 +226,13 @@ class Daemon:
                 pcap=s.pcap,
                 offload=self.offload,
                 filtered=True,
+                prefixes=ranges if fake.enabled else [],
             )
-            async with TunStack(tun, stack):
+            async with TunStack(tun, stack) as running:
+                if fake.enabled and running.filtered is not None:
+                    # Traffic to fake addresses comes to us: hand it to whoever maps it back.
+                    for prefix in ranges:
+                        running.filtered.add_prefix_rule(prefix, self.fake_ip_packet)
                 await service.start()
                 watcher = asyncio.ensure_future(self._watch())
                 cache = f"cache {s.cache.size} entries" if s.cache.enabled else "no cache"
@@ -256,6 +264,21 @@ class Daemon:
         log.info("reloaded: upstreams %s, policy %s", ups, settings.policy)
         print(f"olm: reloaded, upstreams {ups}", flush=True)
 
+    def fake_ip_packet(self, packet: bytes) -> None:
+        """Take a packet sent to a fake-IP address: count it, and name its destination.
+
+        A transparent proxy would take the traffic from here, knowing which name it is for
+        (``pipeline.fake_pool.name_for``); olm counts it and logs the name at DEBUG.
+        """
+        service = self.service
+        if service is None:
+            return
+        service.stack.counters.child("dns").child("fake_ip").inc("traffic")
+        pool = service.pipeline.fake_pool
+        if pool is not None and log.isEnabledFor(logging.DEBUG):
+            destination = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
+            log.debug("traffic for %s", pool.name_for(destination))
+
     def _reload_failed(self, exc: Exception) -> None:
         """Keep the old settings and data; log the error (file, line, field) and count it."""
         if self.stack is not None:
@@ -274,6 +297,7 @@ class Daemon:
             await asyncio.sleep(service.settings.watch_interval if service else 2.0)
             if service is None:
                 continue
+            service.pipeline.save_state(delay=30.0)
             now = _stats(service.settings.data_files)
             if now == seen:
                 continue

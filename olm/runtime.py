@@ -42,6 +42,8 @@ class TunStackConfig:
     #: Put a FilteredDevice between the TUN and the stack: the stack sees only packets for its
     #: addresses, the rest goes to the device's next consumer (``olm up``).
     filtered: bool = False
+    #: Prefixes routed through the TUN besides the service addresses (the fake-IP ranges).
+    prefixes: list[str] = field(default_factory=list)
 
 
 def assign_service_addresses(stack: Stack, nic: str, addresses: list[str]) -> None:
@@ -87,6 +89,7 @@ class TunStack:
                 mtu=cfg.mtu,
                 host_addresses=[default_host_address(a) for a in cfg.addresses],
                 service_addresses=list(cfg.addresses),
+                prefixes=list(cfg.prefixes),
             )
             self.stack = self._build_stack()
         except BaseException:

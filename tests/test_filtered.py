@@ -159,3 +159,134 @@ def test_arbitrary_packets_are_each_either_claimed_or_returned(packets: list[byt
     assert len(rest) + len(sink.packets) == len(packets)
     for packet in sink.packets:
         assert packet[0] >> 4 in (4, 6)
+
+
+# -- prefix rules --------------------------------------------------------------------------------
+
+
+def test_prefix_rule_claims_the_whole_prefix() -> None:
+    dev, _, counters = make()
+    sink = Sink()
+    dev.add_prefix_rule("198.18.0.0/15", sink)
+    packets = [
+        ipv4("198.18.0.1"),
+        ipv4("198.19.255.254"),
+        ipv4("198.17.255.255"),
+        ipv4("198.20.0.0"),
+        ipv6("::c612:1"),  # 198.18.0.1's bits, but IPv6: not claimed by an IPv4 prefix
+    ]
+    rest = dev.filter(packets)
+    assert sink.packets == packets[:2]
+    assert rest == packets[2:]
+    assert dev.prefixes == ["198.18.0.0/15"]
+    assert counters.get("filter.claimed") == 2
+    assert counters.get("filter.claimed_prefix") == 2
+    assert counters.get("filter.unclaimed") == 3
+
+
+def test_longest_prefix_wins() -> None:
+    dev, _, _ = make()
+    wide, narrow, narrowest = Sink(), Sink(), Sink()
+    dev.add_prefix_rule("198.18.0.0/24", narrow)
+    dev.add_prefix_rule("198.18.0.0/15", wide)
+    dev.add_prefix_rule("198.18.0.128/25", narrowest)
+    dev.filter([ipv4("198.18.0.1"), ipv4("198.18.0.200"), ipv4("198.18.1.1")])
+    assert narrow.packets == [ipv4("198.18.0.1")]
+    assert narrowest.packets == [ipv4("198.18.0.200")]
+    assert wide.packets == [ipv4("198.18.1.1")]
+    assert dev.prefixes == ["198.18.0.0/24", "198.18.0.0/15", "198.18.0.128/25"]
+
+
+def test_exact_rule_beats_prefix_rule() -> None:
+    dev, _, counters = make()
+    exact, prefix = Sink(), Sink()
+    dev.add_prefix_rule("10.30.30.0/24", prefix)
+    dev.add_prefix_rule("0.0.0.0/0", Sink())
+    dev.add_rule("10.30.30.30", exact)
+    dev.filter([ipv4("10.30.30.30"), ipv4("10.30.30.31")])
+    assert exact.packets == [ipv4("10.30.30.30")]
+    assert prefix.packets == [ipv4("10.30.30.31")]
+    assert counters.get("filter.claimed") == 2
+    assert counters.get("filter.claimed_prefix") == 1
+
+
+def test_ipv6_prefix_rule() -> None:
+    dev, _, counters = make()
+    sink, v4 = Sink(), Sink()
+    dev.add_prefix_rule("fd00:198:18::/64", sink)
+    dev.add_prefix_rule("0.0.0.0/0", v4)
+    packets = [ipv6("fd00:198:18::1"), ipv6("fd00:198:18:0:ffff::"), ipv6("fd00:198:19::1")]
+    assert dev.filter(packets) == [packets[2]]
+    assert sink.packets == packets[:2]
+    assert v4.packets == []  # an IPv4 /0 claims no IPv6 packet
+    assert counters.get("filter.claimed_prefix") == 2
+
+
+def test_prefix_rules_can_be_removed() -> None:
+    dev, _, counters = make()
+    wide, narrow = Sink(), Sink()
+    dev.add_prefix_rule("198.18.0.0/15", wide)
+    dev.add_prefix_rule("198.18.0.0/24", narrow)
+    dev.remove_prefix_rule("198.18.0.0/24")
+    dev.filter([ipv4("198.18.0.1")])
+    assert wide.packets == [ipv4("198.18.0.1")]
+    assert narrow.packets == []
+    dev.remove_prefix_rule("198.18.0.0/15")
+    assert dev.prefixes == []
+    assert dev.filter([ipv4("198.18.0.1")]) == [ipv4("198.18.0.1")]
+    assert counters.get("filter.unclaimed") == 1
+    with pytest.raises(KeyError):
+        dev.remove_prefix_rule("198.18.0.0/15")
+
+
+def test_prefix_rule_errors() -> None:
+    dev, _, _ = make()
+    dev.add_prefix_rule("198.18.0.0/15", Sink())
+    with pytest.raises(ValueError, match="already has a prefix rule"):
+        dev.add_prefix_rule("198.18.0.0/15", Sink())
+    with pytest.raises(ValueError, match="host bits set"):
+        dev.add_prefix_rule("198.18.0.1/15", Sink())
+    dev.add_prefix_rule("fd00::/64", Sink())
+    with pytest.raises(ValueError, match="already has a prefix rule"):
+        dev.add_prefix_rule("fd00:0:0:0::/64", Sink())  # the same prefix spelt otherwise
+    assert dev.prefixes == ["198.18.0.0/15", "fd00::/64"]
+
+
+def test_a_prefix_rule_and_an_address_rule_are_kept_apart() -> None:
+    dev, _, _ = make()
+    dev.add_rule("198.18.0.1", Sink())
+    dev.add_prefix_rule("198.18.0.1/32", Sink())  # not a duplicate: a different kind of rule
+    assert dev.addresses == ["198.18.0.1"]
+    assert dev.prefixes == ["198.18.0.1/32"]
+
+
+PREFIXES = st.builds(
+    lambda address, length: ipaddress.ip_network(f"{address}/{length}", strict=False),
+    st.sampled_from(["198.18.0.0", "198.18.0.128", "198.19.7.0", "10.0.0.0", "0.0.0.0"]),
+    st.integers(0, 32),
+)
+
+
+@given(
+    st.lists(PREFIXES, max_size=8, unique=True),
+    st.lists(st.integers(0, 2**32 - 1) | st.sampled_from([0xC6120001, 0xC6120080]), max_size=20),
+)
+def test_prefix_lookup_matches_longest_prefix_reference(
+    networks: list[ipaddress.IPv4Network], destinations: list[int]
+) -> None:
+    dev, _, _ = make()
+    sinks = {network: Sink() for network in networks}
+    for network, sink in sinks.items():
+        dev.add_prefix_rule(str(network), sink)
+    for destination in destinations:
+        address = ipaddress.IPv4Address(destination)
+        packet = ipv4(str(address))
+        holding = [network for network in networks if address in network]
+        rest = dev.filter([packet])
+        if holding:
+            best = max(holding, key=lambda network: network.prefixlen)
+            assert rest == []
+            assert sinks[best].packets[-1] is packet
+        else:
+            assert rest == [packet]
+    assert sum(len(sink.packets) for sink in sinks.values()) <= len(destinations)

@@ -197,3 +197,39 @@ def test_bad_records_file_at_start_exits_2_naming_file_line_and_field(
     assert done.returncode == 2
     assert f"{path}:2: field 'ttl'" in done.stderr, done.stderr
     assert TUN not in netns.run(["ip", "link", "show"]).stdout
+
+
+def test_blocked_name_with_ede_15_and_fake_ip_kept_across_a_restart(
+    netns: NetNS, olm: list[OlmProcess], tmp_path: Path
+) -> None:
+    start(netns)
+    ads = write(tmp_path, "ads.txt", "0.0.0.0 ads.example.test\n||tracker.example.test^\n")
+    state = tmp_path / "state"
+    args = [
+        "--block-list",
+        ads,
+        "--fake-ip",
+        "--fake-ip-suffix",
+        "proxied.test",
+        "--state-dir",
+        str(state),
+    ]
+    up = olm_up(netns, olm, *args)
+    blocked = dig(netns, f"@{V4}", "x.tracker.example.test", "A")
+    assert "status: NXDOMAIN" in blocked and "EDE: 15 (Blocked)" in blocked, blocked
+    assert answers(dig(netns, f"@{V4}", "www.example.test", "A")) == ["192.0.2.10"]
+    fake = answers(dig(netns, f"@{V4}", "app.proxied.test", "A"))
+    assert len(fake) == 1 and fake[0].startswith("198.1")
+    assert answers(dig(netns, "-x", fake[0], f"@{V4}"), "PTR") == ["app.proxied.test."]
+    # Traffic to the fake address is routed into the TUN and claimed by the prefix rule.
+    netns.run(["ping", "-c", "2", "-i", "0.2", "-W", "1", fake[0]], check=False)
+    code, _, err = up.stop()
+    assert code == 0
+    counters = counters_from(err)
+    assert counters["dns.block.list.ads"] == 1
+    assert counters["dns.fake_ip.traffic"] == 2
+    assert counters["filter.claimed_prefix"] == 2
+    assert (state / "fake-ip.json").exists()
+    # Restarted: the same name gets the same address.
+    olm_up(netns, olm, *args)
+    assert answers(dig(netns, f"@{V4}", "app.proxied.test", "A")) == fake

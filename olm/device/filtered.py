@@ -1,8 +1,14 @@
-"""FilteredDevice: sends packets for chosen destination addresses to handlers, the rest on.
+"""FilteredDevice: sends packets for chosen destinations to handlers, the rest on.
 
-Between the TUN and the rest of the program sits a table of rules keyed by packed destination
-address (4 bytes for IPv4, 16 for IPv6; the lengths keep the families apart in one dict). A
-packet read from the TUN whose destination has a rule goes to that rule's handler; every other
+Between the TUN and the rest of the program sit two kinds of rules:
+
+* address rules, keyed by packed destination address (4 bytes for IPv4, 16 for IPv6; the
+  lengths keep the families apart in one dict): one lookup per packet;
+* prefix rules, claiming a whole prefix (say the fake-IP pool, 198.18.0.0/15) for one handler.
+  They are looked at only when no address rule matched, longest prefix first; prefixes may
+  overlap.
+
+A packet read from the TUN whose destination has a rule goes to that rule's handler; every other
 packet is "unclaimed" and goes to ``next_consumer`` (by default: dropped and counted). Packets
 written by the stack go straight to the TUN, bypassing the rules.
 
@@ -13,6 +19,7 @@ packets read from it, so it works the same over a real TUN and in tests.
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Callable, Iterable
 
 from netstack.counters import Counters
@@ -21,6 +28,14 @@ from netstack.link import NetworkDispatcher
 __all__ = ["FilteredDevice", "RuleLink"]
 
 PacketHandler = Callable[[bytes], None]
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Per family, the prefix rules as (shift, {destination >> shift: handler}), shortest shift
+# (longest prefix) first: one dict lookup per distinct prefix length.
+_PrefixTable = list[tuple[int, dict[int, PacketHandler]]]
+# Destination addresses as integers: IPv4 bytes 16-20 (RFC 791 section 3.1), IPv6 bytes 24-40 in
+# two halves (RFC 8200 section 3).
+_unpack_v4 = struct.Struct("!I").unpack_from
+_unpack_v6 = struct.Struct("!QQ").unpack_from
 
 
 def _key(address: str) -> bytes:
@@ -28,15 +43,60 @@ def _key(address: str) -> bytes:
     return ipaddress.ip_address(address).packed
 
 
-class FilteredDevice:
-    """Dispatches inbound packets by destination address; writes bypass the rules.
+def _network(network: str) -> _Network:
+    """Parse a prefix rule's network (ValueError if host bits are set)."""
+    return ipaddress.ip_network(network)
 
-    Counters (under ``filter``): ``claimed``, ``unclaimed``, ``unclaimed_dropped`` (by the
-    default consumer), ``malformed.empty``, ``malformed.bad_version``, ``malformed.short_ipv4``,
+
+def _prefix_table(networks: Iterable[tuple[_Network, PacketHandler]], bits: int) -> _PrefixTable:
+    """Build one family's prefix lookup table from its rules."""
+    by_shift: dict[int, dict[int, PacketHandler]] = {}
+    for network, handler in networks:
+        shift = bits - network.prefixlen
+        by_shift.setdefault(shift, {})[int(network.network_address) >> shift] = handler
+    return sorted(by_shift.items())
+
+
+def _match_prefix(
+    tables: tuple[_PrefixTable, _PrefixTable],
+    packet: bytes,
+    version: int,
+) -> PacketHandler | None:
+    """Return the handler of the longest prefix rule holding the packet's destination."""
+    if version == 4:
+        destination = _unpack_v4(packet, 16)[0]
+        table = tables[0]
+    else:
+        high, low = _unpack_v6(packet, 24)
+        destination = high << 64 | low
+        table = tables[1]
+    for shift, networks in table:
+        handler = networks.get(destination >> shift)
+        if handler is not None:
+            return handler
+    return None
+
+
+class FilteredDevice:
+    """Dispatches inbound packets by destination address or prefix; writes bypass the rules.
+
+    An address rule beats any prefix rule; among prefix rules the longest prefix wins.
+
+    Counters (under ``filter``): ``claimed`` (by any rule), ``claimed_prefix`` (those of them
+    claimed by a prefix rule), ``unclaimed``, ``unclaimed_dropped`` (by the default consumer),
+    ``malformed.empty``, ``malformed.bad_version``, ``malformed.short_ipv4``,
     ``malformed.short_ipv6``, ``written``.
     """
 
-    __slots__ = ("_malformed", "_rules", "_write", "counters", "next_consumer")
+    __slots__ = (
+        "_malformed",
+        "_prefix_rules",
+        "_prefix_tables",
+        "_rules",
+        "_write",
+        "counters",
+        "next_consumer",
+    )
 
     def __init__(
         self,
@@ -49,6 +109,9 @@ class FilteredDevice:
         self._malformed = self.counters.child("malformed")
         self._write = write
         self._rules: dict[bytes, PacketHandler] = {}
+        self._prefix_rules: dict[_Network, PacketHandler] = {}
+        # None while there is no prefix rule: the packet loop then never looks further.
+        self._prefix_tables: tuple[_PrefixTable, _PrefixTable] | None = None
         self.next_consumer: PacketHandler = (
             next_consumer if next_consumer is not None else self._drop
         )
@@ -71,6 +134,38 @@ class FilteredDevice:
         """The addresses that have a rule, as text."""
         return [str(ipaddress.ip_address(key)) for key in self._rules]
 
+    def add_prefix_rule(self, network: str, handler: PacketHandler) -> None:
+        """Send every inbound packet to an address in ``network`` without a rule of its own.
+
+        ``network`` is a prefix such as ``198.18.0.0/15`` (ValueError if host bits are set, or
+        if the same prefix already has a rule). Prefixes may overlap: the longest wins.
+        """
+        key = _network(network)
+        if key in self._prefix_rules:
+            raise ValueError(f"{key} already has a prefix rule")
+        self._prefix_rules[key] = handler
+        self._build_prefix_tables()
+
+    def remove_prefix_rule(self, network: str) -> None:
+        """Stop claiming packets for ``network`` (KeyError if it has no prefix rule)."""
+        del self._prefix_rules[_network(network)]
+        self._build_prefix_tables()
+
+    @property
+    def prefixes(self) -> list[str]:
+        """The prefixes that have a rule, as text, in the order they were added."""
+        return [str(network) for network in self._prefix_rules]
+
+    def _build_prefix_tables(self) -> None:
+        """Rebuild the lookup tables from the prefix rules (rules change rarely)."""
+        rules = self._prefix_rules
+        if not rules:
+            self._prefix_tables = None
+            return
+        v4 = [(net, handler) for net, handler in rules.items() if net.version == 4]
+        v6 = [(net, handler) for net, handler in rules.items() if net.version == 6]
+        self._prefix_tables = (_prefix_table(v4, 32), _prefix_table(v6, 128))
+
     # -- inbound ---------------------------------------------------------------------------
 
     def filter(self, packets: Iterable[bytes]) -> list[bytes]:
@@ -82,8 +177,10 @@ class FilteredDevice:
         header, or of no known version, is counted and returned as unclaimed.
         """
         rules = self._rules
+        prefixes = self._prefix_tables
         unclaimed: list[bytes] = []
         claimed = 0
+        by_prefix = 0
         for packet in packets:
             n = len(packet)
             if n == 0:
@@ -108,10 +205,19 @@ class FilteredDevice:
                 unclaimed.append(packet)
                 continue
             if handler is None:
+                if prefixes is not None:
+                    handler = _match_prefix(prefixes, packet, version)
+                    if handler is not None:
+                        by_prefix += 1
+                        handler(packet)
+                        continue
                 unclaimed.append(packet)
             else:
                 claimed += 1
                 handler(packet)
+        if by_prefix:
+            claimed += by_prefix
+            self.counters.inc("claimed_prefix", by_prefix)
         if claimed:
             self.counters.inc("claimed", claimed)
         if unclaimed:

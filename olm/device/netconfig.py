@@ -51,13 +51,19 @@ class _AddedAddress:
 
 @dataclass(frozen=True, slots=True)
 class _AddedRoute:
-    """A host route configure_tun added through the interface."""
+    """A route configure_tun added through the interface (a host route unless ``prefixlen``)."""
 
     destination: _Address
     prefsrc: _Address | None
+    prefixlen: int = -1  # -1: the whole address (a host route)
+
+    @property
+    def length(self) -> int:
+        """The route's prefix length."""
+        return self.destination.max_prefixlen if self.prefixlen < 0 else self.prefixlen
 
     def __str__(self) -> str:
-        return f"{self.destination}/{self.destination.max_prefixlen}"
+        return f"{self.destination}/{self.length}"
 
 
 class NetConfig:
@@ -161,6 +167,7 @@ class NetConfig:
         hosts: list[_Interface],
         services: list[_Address],
         prefsrc: dict[int, _Address],
+        prefixes: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
     ) -> None:
         """Make the changes, recording each as soon as the kernel has accepted it."""
         name, index = self.name, self.index
@@ -187,8 +194,13 @@ class NetConfig:
                 # Already on this interface (RTM_NEWADDR with NLM_F_EXCL): not ours to remove.
                 continue
             self._addresses.append(added)
-        for service in services:
-            route = _AddedRoute(service, prefsrc.get(service.version))
+        routes = [_AddedRoute(service, prefsrc.get(service.version)) for service in services]
+        routes += [
+            _AddedRoute(net.network_address, prefsrc.get(net.version), net.prefixlen)
+            for net in prefixes
+        ]
+        for route in routes:
+            service = route.destination
             try:
                 _route_op(ipr, "add", index, route)
             except NetlinkError as exc:
@@ -243,6 +255,7 @@ def configure_tun(
     mtu: int,
     host_addresses: list[str],
     service_addresses: list[str],
+    prefixes: list[str] | None = None,
 ) -> NetConfig:
     """Bring ``name`` up with ``mtu``, add ``host_addresses`` and a host route per service.
 
@@ -251,11 +264,13 @@ def configure_tun(
     instead of after duplicate address detection (RFC 4862 section 5.4). Each entry of
     ``service_addresses`` gets a /32 or /128 route through the interface whose preferred source
     is the first host address of the same family, so the kernel's replies and queries to the
-    service come from a predictable address. On failure everything done so far is undone and
-    :class:`DeviceError` is raised.
+    service come from a predictable address. Each of ``prefixes`` (``198.18.0.0/15``) is routed
+    through the interface too, so that the traffic for a whole range (fake-IP addresses) comes
+    to us. On failure everything done so far is undone and :class:`DeviceError` is raised.
     """
     hosts = [_parse_interface(name, text) for text in host_addresses]
     services = [_parse_address(name, text) for text in service_addresses]
+    networks = [ipaddress.ip_network(text) for text in prefixes or ()]
     if mtu < IPV6_MIN_MTU and any(a.version == 6 for a in [*hosts, *services]):
         raise DeviceError(
             name,
@@ -274,7 +289,7 @@ def configure_tun(
         index = _link_index(ipr, name)
         config = NetConfig(name, index)
         try:
-            config._apply(ipr, mtu, hosts, services, prefsrc)
+            config._apply(ipr, mtu, hosts, services, prefsrc, networks)
         except BaseException:
             # The original failure is the one worth reporting.
             with contextlib.suppress(DeviceError):
@@ -324,7 +339,7 @@ def _route_op(ipr: Any, command: str, index: int, route: _AddedRoute) -> None:
         command,
         family=socket.AF_INET if route.destination.version == 4 else socket.AF_INET6,
         dst=str(route.destination),
-        dst_len=route.destination.max_prefixlen,
+        dst_len=route.length,
         oif=index,
         **kwargs,
     )

@@ -8,7 +8,8 @@ SIGHUP (or a changed data file) can swap chains atomically: a query in flight ke
 
 The chain, in order (handlers that have nothing to do are left out)::
 
-    sanitise -> admission -> views -> records -> hosts -> block -> split -> cache -> forward
+    sanitise -> admission -> views -> records -> hosts -> block -> fake_ip -> split -> cache
+      -> forward
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import os
 import time
 from collections.abc import Coroutine, Sequence
@@ -36,10 +38,12 @@ from olm.dns.blocklist import (
     wire_name,
 )
 from olm.dns.cache import Cache
+from olm.dns.fakeip import FakeIpError, FakeIpPool
 from olm.dns.handlers import Handler, link
 from olm.dns.handlers.admission import Admission, Gate
 from olm.dns.handlers.block import Block
 from olm.dns.handlers.cache import CacheHandler
+from olm.dns.handlers.fake_ip import FakeIp
 from olm.dns.handlers.forward import Forward
 from olm.dns.handlers.hosts import Hosts
 from olm.dns.handlers.records import Records
@@ -59,6 +63,8 @@ from olm.dns.upstream import Upstream, UpstreamGroup, parse_upstream
 from olm.dns.upstream.udp import UdpTransport
 
 __all__ = ["DataError", "Pipeline"]
+
+log = logging.getLogger("olm.dns")
 
 
 class Pipeline:
@@ -90,6 +96,7 @@ class Pipeline:
         self._refresher: ListRefresher | None = None
         self._refresh_key: tuple[ListSource, ...] = ()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.fake_pool: FakeIpPool | None = None
 
     def build(self, settings: Settings) -> Handler:
         """Make the chain for ``settings``, reading its data files.
@@ -105,6 +112,7 @@ class Pipeline:
         blocklists = self._blocklists(settings)
         lines = read_lines_file(settings.lines_file) if settings.lines_file else Lines()
         hosts = read_hosts_files(settings.hosts_files) if settings.hosts_files else None
+        pool = self._fake_pool(settings)
         routing = self._routing_of(settings, upstreams)
         own = {ipaddress.ip_address(a) for a in settings.addresses}
         for text in [
@@ -160,6 +168,9 @@ class Pipeline:
             self.block = Block(c, blocklists, settings.block.answer, settings.block.ttl)
             handlers.append(self.block)
             self._refresh_lists(settings)
+        if pool is not None:
+            fake = settings.fake_ip
+            handlers.append(FakeIp(c, pool, fake.suffixes, fake.exclude))
         if routes:
             handlers.append(Split(c, routes))
         if settings.cache.enabled:
@@ -263,6 +274,49 @@ class Pipeline:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _fake_pool(self, settings: Settings) -> FakeIpPool | None:
+        """Return the fake-IP pool: kept across reloads unless its ranges or file change."""
+        fake = settings.fake_ip
+        if not fake.enabled:
+            return None
+        state = Path(fake.state_file or Path(settings.state_dir) / "fake-ip.json")
+        pool = self.fake_pool
+        if (
+            pool is not None
+            and str(pool.ipv4_network) == fake.ipv4_range
+            and str(pool.ipv6_network or "") == (fake.ipv6_range or "")
+            and pool.state_file == state
+        ):
+            return pool
+        try:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            new = FakeIpPool.open(
+                state,
+                fake.ipv4_range,
+                fake.ipv6_range,
+                counters=self.counters.child("fake_ip").child("pool"),
+            )
+        except (FakeIpError, OSError) as exc:
+            raise DataError(f"[fake_ip] {exc}") from None
+        if pool is not None:
+            self.save_state()
+        self.fake_pool = new
+        return new
+
+    def save_state(self, delay: float = 0.0) -> None:
+        """Save the fake-IP table if it changed (at most every ``delay`` seconds)."""
+        pool = self.fake_pool
+        if pool is None:
+            return
+        try:
+            if delay:
+                pool.save_if_due(delay)
+            elif pool.dirty:
+                pool.save()
+        except (FakeIpError, OSError) as exc:
+            self.counters.child("fake_ip").inc("save_failed")
+            log.warning("cannot save the fake-IP table: %s", exc)
+
     def _local_data(self, settings: Settings) -> LocalData | None:
         specs = list(settings.records)
         for path in settings.records_files:
@@ -325,7 +379,8 @@ class Pipeline:
             loop.call_later(deadline + 1.0, transport.close)
 
     def close(self) -> None:
-        """Close every transport and cancel the cache's and the lists' background work."""
+        """Save the fake-IP table; close every transport; cancel the background work."""
+        self.save_state()
         self.cache.close()
         if self._refresher is not None:
             self._spawn(self._refresher.stop())
