@@ -1,7 +1,8 @@
 """DNS queries per second: olm beside a bare floor and two real caching forwarders, one run.
 
     sudo .venv/bin/python benchmarks/dns_qps.py [--seconds 10] [--rounds 3] [--only NAME]...
-        [--workload hit|miss]... [--olm-arg=ARG]... [--upstream-impl python|dnsmasq]
+        [--workload hit|miss|local|blocked]... [--olm-arg=ARG]... [--blocklist-size N]
+        [--upstream-impl python|dnsmasq]
         [--miss-names N] [--dnsmasq-cache N] [--json]
 
 What runs
@@ -35,6 +36,11 @@ Workloads
     never asked before (``q0000000.bench.test`` on, from a file of ``--miss-names`` names that
     dnsperf reads once, ``-n 1``, never wrapping; the server is restarted for every run, so no
     name was seen by it before): every query goes to the upstream and lands in the cache.
+    ``local`` (olm only): a hundred names of olm's records file (the Pipy JSON format), answered
+    authoritatively from local data. ``blocked`` (olm only): a hundred names on olm's blocklist,
+    which also holds ``--blocklist-size`` other names (a million by default, in hosts format),
+    answered NXDOMAIN with EDE 15. Both are compared with olm's own hit figures: they should
+    cost no more than a cache hit.
 
 What is reported
     Per server and workload, medians over ``--rounds`` runs of ``--seconds`` each:
@@ -220,9 +226,16 @@ def build_specs(args: argparse.Namespace, tmp: Path, notes: list[str]) -> list[S
     ]
     olm = [python, "-m", "olm", "up", "--tun", TUN, "--address", SERVICE]
     olm += ["--upstream", f"{UPSTREAM_HOST}:{UPSTREAM_PORT}", "--log-level", "WARNING"]
+    # Local records and a blocklist for the local and blocked workloads (every olm run holds
+    # them: their names are apart from the others').
+    olm += ["--records-file", str(write_records(tmp)), "--state-dir", str(tmp / "state")]
+    olm += ["--block-list", str(write_blocklist(tmp, args.blocklist_size))]
     for label, extra in OLM_VARIANTS:
         argv = [*olm, *extra, *args.olm_arg]
-        specs += [Spec(label, t, SERVICE, 53, argv, "ready") for t in ("udp", "tcp")]
+        specs += [
+            Spec(label, t, SERVICE, 53, argv, "ready", ("hit", "miss", "local", "blocked"))
+            for t in ("udp", "tcp")
+        ]
     dnsmasq = find_binary("dnsmasq")
     if dnsmasq:
         argv = dnsmasq_argv(
@@ -304,6 +317,33 @@ class Workload:
             f.write("".join(chunk))
             lines += len(chunk)
         return cls(path, lines, once)
+
+
+def local_names() -> Iterator[str]:
+    """The local workload: a hundred names of the records file."""
+    return (f"l{i:03d}.local.test" for i in range(HIT_NAMES))
+
+
+def blocked_names() -> Iterator[str]:
+    """The blocked workload: a hundred names on the blocklist."""
+    return (f"b{i:03d}.blocked.test" for i in range(HIT_NAMES))
+
+
+def write_records(tmp: Path) -> Path:
+    """A records file (the Pipy JSON format) with the local workload's names."""
+    path = tmp / "records.json"
+    records = [{"name": n, "type": "A", "ttl": 300, "rdata": ADDRESS} for n in local_names()]
+    path.write_text(json.dumps(records))
+    return path
+
+
+def write_blocklist(tmp: Path, size: int) -> Path:
+    """A hosts-format blocklist: the blocked workload's names, then ``size`` others."""
+    path = tmp / "blocklist.txt"
+    with path.open("w") as f:
+        f.writelines(f"0.0.0.0 {name}\n" for name in blocked_names())
+        f.writelines(f"0.0.0.0 filler{i}.ads{i % 997}.example\n" for i in range(size))
+    return path
 
 
 def hit_names() -> Iterator[str]:
@@ -427,6 +467,8 @@ def report(
     titles = {
         "hit": f"hit: {HIT_NAMES} names asked over and over",
         "miss": "miss: every name new (a forward and a cache insertion per query)",
+        "local": f"local: {HIT_NAMES} names of olm's records file (x olm's hit, same transport)",
+        "blocked": f"blocked: {HIT_NAMES} names on olm's blocklist (x olm's hit, same transport)",
     }
     for workload, title in titles.items():
         rows = results.get(workload)
@@ -436,6 +478,8 @@ def report(
         print(f"\n{title}")
         if workload == "hit":
             print(f"{head}  {'x bare q/s':>10}  {'x bare CPU':>10}")
+        elif workload in ("local", "blocked"):
+            print(f"{head}  {'x olm hit':>14}  {'x olm hit':>14}")
         else:
             print(f"{head}  {'x dnsmasq q/s (same transport)':>30}")
         for name, r in rows.items():
@@ -446,6 +490,10 @@ def report(
             if workload == "hit":
                 line += f"  {ratio(r['qps'], bare, 'qps'):>10}"
                 line += f"  {ratio(r['cpu_us_per_query'], bare, 'cpu_us_per_query'):>10}"
+            elif workload in ("local", "blocked"):
+                hit = results.get("hit", {}).get(name)
+                line += f"  {ratio(r['qps'], hit, 'qps'):>10} q/s"
+                line += f"  {ratio(r['cpu_us_per_query'], hit, 'cpu_us_per_query'):>10} CPU"
             else:
                 dnsmasq = rows.get(f"dnsmasq {transport.get(name)}")
                 line += f"  {ratio(r['qps'], dnsmasq, 'qps'):>30}"
@@ -476,7 +524,10 @@ def parse_args() -> argparse.Namespace:
         help="a server ('olm udp') or family ('olm', 'upstream'); repeatable",
     )
     parser.add_argument(
-        "--workload", action="append", choices=["hit", "miss"], help="repeatable; default both"
+        "--workload",
+        action="append",
+        choices=["hit", "miss", "local", "blocked"],
+        help="repeatable; default all (local and blocked: olm only)",
     )
     parser.add_argument(
         "--olm-arg",
@@ -503,9 +554,15 @@ def parse_args() -> argparse.Namespace:
         default=DNSMASQ_CACHE,
         help=f"dnsmasq --cache-size (default {DNSMASQ_CACHE:,}: more than a miss run inserts)",
     )
+    parser.add_argument(
+        "--blocklist-size",
+        type=int,
+        default=1_000_000,
+        help="names on olm's blocklist besides the blocked workload's (default 1,000,000)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    args.workload = args.workload or ["hit", "miss"]
+    args.workload = args.workload or ["hit", "miss", "local", "blocked"]
     return args
 
 
@@ -524,7 +581,9 @@ def main() -> None:
         raise SystemExit("needs dnsperf and dig (apt-get install dnsperf bind9-dnsutils)")
     signal.signal(signal.SIGTERM, on_sigterm)
     notes: list[str] = []
-    samples: dict[str, dict[str, list[dict[str, float]]]] = {"hit": {}, "miss": {}}
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {
+        w: {} for w in ("hit", "miss", "local", "blocked")
+    }
     alone_samples: dict[str, list[dict[str, float]]] = {}
     answers: dict[str, str] = {}
     failed: set[str] = set()
@@ -532,7 +591,11 @@ def main() -> None:
         tmp = Path(tmpdir)
         specs = build_specs(args, tmp, notes)
         run_alone = "miss" in args.workload and (not args.only or "upstream" in args.only)
-        workloads = {"hit": Workload.write(tmp / "hit.txt", hit_names(), once=False)}
+        workloads = {
+            "hit": Workload.write(tmp / "hit.txt", hit_names(), once=False),
+            "local": Workload.write(tmp / "local.txt", local_names(), once=False),
+            "blocked": Workload.write(tmp / "blocked.txt", blocked_names(), once=False),
+        }
         if "miss" in args.workload:
             names = miss_names(args.miss_names)
             workloads["miss"] = Workload.write(tmp / "miss.txt", names, once=True)
