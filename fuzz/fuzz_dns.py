@@ -2,7 +2,8 @@
 
 The first byte chooses the transport (UDP or TCP) and what the fake upstream does (answer
 small, answer large enough to need truncation, answer NXDOMAIN with a SOA, or fail); the rest
-is the client's message. The chain is the real one (sanitise, admission, the cache) with the
+is the client's message. The chain is the real one (sanitise, admission, local records with a
+wildcard, a zone, a CNAME out and a CNAME loop, a blocklist, fake-IP, the cache) with the
 forward handler replaced by a fake that answers without I/O, under a ManualClock that moves a
 second per input, so cached answers age, expire and are served again.
 
@@ -24,12 +25,18 @@ from fuzz.common import fuzz_main
 from netstack.clock import ManualClock
 from netstack.counters import Counters
 from olm.dns.answer import SERVFAIL, Answer, error_answer, learn
+from olm.dns.blocklist import Blocklists, DomainSet, wire_name
 from olm.dns.cache import Cache, CacheSettings
 from olm.dns.engine import Engine
+from olm.dns.fakeip import FakeIpPool
 from olm.dns.handlers import Handler, Result, link
 from olm.dns.handlers.admission import Admission, Gate
+from olm.dns.handlers.block import Block
 from olm.dns.handlers.cache import CacheHandler
+from olm.dns.handlers.fake_ip import FakeIp
+from olm.dns.handlers.records import Records
 from olm.dns.handlers.sanitise import Sanitise
+from olm.dns.localfiles import build_local_data, parse_records
 from olm.dns.request import TCP, UDP, Request
 from olm.dns.wire import WireError, records, skip_name
 
@@ -86,11 +93,32 @@ _COUNTERS = Counters("dns")
 _GATE = Gate(64)
 _CACHE = Cache(CacheSettings(size=50, max_bytes=40_000, serve_stale=True), _COUNTERS.child("cache"))
 _FORWARD = FakeForward(_COUNTERS)
+_LOCAL = build_local_data(
+    parse_records(
+        enumerate(
+            [
+                {"name": "*.wild.test", "type": "A", "rdata": "192.0.2.1"},
+                {"name": "a.wild.test", "type": "TXT", "rdata": "x"},
+                {"name": "out.wild.test", "type": "CNAME", "rdata": "elsewhere.example"},
+                {"name": "loop.test", "type": "CNAME", "rdata": "loop.test"},
+                {"name": "mx.test", "type": "MX", "rdata": {"preference": 1, "exchange": "a.test"}},
+            ],
+            1,
+        ),
+        "fuzz",
+    ),
+    zones=["wild.test"],
+    deny=["*.denied.test"],
+)
+_BLOCK = Blocklists([("fuzz", DomainSet.build([wire_name("ads.test")]))])
 _ENGINE = Engine(
     link(
         [
             Sanitise(_COUNTERS),
             Admission(_COUNTERS, _GATE),
+            Records(_COUNTERS, _LOCAL, _CLOCK),
+            Block(_COUNTERS, _BLOCK, ["nxdomain"], 60),
+            FakeIp(_COUNTERS, FakeIpPool("198.18.0.0/28"), ["fake.test"]),
             CacheHandler(_COUNTERS, _CACHE, _CLOCK, _GATE),
             _FORWARD,
         ],

@@ -537,6 +537,33 @@ def _from_file(path: Path) -> dict[str, Any]:
             values[name] = check(raw)
         except ValueError as exc:
             raise ConfigError(f"{where}: field {name!r}: {exc}") from None
+    return _relative_to(path.parent, values)
+
+
+#: Settings naming files: written relative in a settings file, they are relative to its folder.
+_PATH_FIELDS = ("records_files", "hosts_files", "lines_file", "state_dir", "fake_ip.state_file")
+
+
+def _relative_to(base: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """Make the relative paths of a settings file's values relative to its folder."""
+
+    def place(item: str) -> str:
+        if not item or "://" in item or Path(item).is_absolute():
+            return item
+        return str(base / item)
+
+    for name in _PATH_FIELDS:
+        value = values.get(name)
+        if isinstance(value, str):
+            values[name] = place(value)
+        elif isinstance(value, list):
+            values[name] = [place(item) for item in value]
+    if "block.lists" in values:
+        values["block.lists"] = tuple(place(item) for item in values["block.lists"])
+    if "block.allow" in values:
+        values["block.allow"] = tuple(
+            place(item) if "/" in item else item for item in values["block.allow"]
+        )
     return values
 
 

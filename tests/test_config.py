@@ -154,3 +154,40 @@ def test_cache_errors_name_file_line_and_field(tmp_path: Path) -> None:
         load_settings({"cache.size": "many"})
     with pytest.raises(ConfigError, match=r"cache\.min_ttl \(100\) is above cache\.max_ttl"):
         load_settings({"cache.min_ttl": "100", "cache.max_ttl": "50"})
+
+
+def test_the_example_settings_in_docs_load_and_build(tmp_path: Path) -> None:
+    """docs/examples/olm.toml (the README's example) stays true: it loads and builds a chain."""
+    from dataclasses import replace
+
+    from netstack.clock import ManualClock
+    from netstack.counters import Counters
+    from olm.dns.pipeline import Pipeline
+
+    example = Path(__file__).resolve().parent.parent / "docs" / "examples" / "olm.toml"
+    settings = load_settings(config_file=example)
+    assert settings.records_files == [str(example.parent / "records.json")]
+    assert [s.suffix for s in settings.split] == ["corp.internal", "home.arpa"]
+    assert settings.views[0].blocklists == ("ads", "adult")
+    assert settings.fake_ip.enabled and settings.block.answer == ("nxdomain",)
+    settings = replace(settings, state_dir=str(tmp_path))  # not /var/lib/olm in a test
+    pipeline = Pipeline(settings, ManualClock(), Counters("dns"))
+    chain = pipeline.build(settings)
+    names = []
+    handler = chain
+    while handler.name != "unanswered":
+        names.append(handler.name)
+        handler = handler.next
+    assert names == [
+        "sanitise",
+        "admission",
+        "views",
+        "records",
+        "hosts",
+        "block",
+        "fake_ip",
+        "split",
+        "cache",
+        "forward",
+    ]
+    pipeline.close()

@@ -70,3 +70,19 @@ def test_udp_from_the_unspecified_address_is_dropped() -> None:
     link.inject(IPv6Header(src=UNSPECIFIED6, dst=dst, next_header=IPPROTO_UDP).pack(datagram))
     assert got == []
     assert stack.counters.get("ipv6.malformed.bad_source") == 1
+
+
+def test_a_query_for_the_root_name_with_local_data() -> None:
+    # fuzz_dns: a query for "." (the root, one zero octet: "NS ." is an everyday query) reached
+    # the local data's walk of parent names, which read past the end of the name
+    # (IndexError); the deny list was the first to look.
+    from olm.dns.local import Outcome
+    from olm.dns.localfiles import build_local_data, parse_records
+
+    local = build_local_data(
+        parse_records(enumerate([{"name": "a.test", "type": "A", "rdata": "192.0.2.1"}], 1), "t"),
+        zones=["test"],
+        deny=["*.denied.test"],
+    )
+    assert local.lookup(b"\x00", 2).outcome is Outcome.NOT_OURS
+    assert local.lookup(b"\x00", 255).outcome is Outcome.NOT_OURS

@@ -75,6 +75,8 @@ class Lookup:
 
 def _parents(name: bytes) -> Iterable[bytes]:
     """Yield the name's ancestors, nearest first, down to (not including) the root."""
+    if not name[0]:
+        return  # the root has none
     off = name[0] + 1
     while name[off]:
         yield name[off:]

@@ -27,6 +27,7 @@ EDE_BLOCKED: Final = 15  # RFC 8914 section 4.16
 _A: Final = 1
 _AAAA: Final = 28
 _MEMO_LIMIT: Final = 50_000
+_UNKNOWN: Final = "\x00unknown"  # not a list name: list names come from file names
 
 
 class Block(Handler):
@@ -51,7 +52,7 @@ class Block(Handler):
         self.v6 = [a.packed for a in addresses if a.version == 6]
         self.ttl = ttl
         self._soa = LocalData(negative_ttl=ttl)
-        self._verdicts: dict[tuple[bytes, frozenset[str] | None], str | None] = {}
+        self._verdicts: dict[object, str | None] = {}
         self._answers: dict[tuple[bytes, str], Answer] = {}
 
     @property
@@ -80,18 +81,20 @@ class Block(Handler):
         """Answer a blocked name, or pass the request on."""
         view = request.view
         only = view.blocklists if view is not None else None
-        name = request.key[: request.nend - 12]
-        memo_key = (name, only)
+        # Verdicts by the request's key (name, type, flags) when every list applies.
+        memo_key: object = request.key if only is None else (request.key, only)
         verdicts = self._verdicts
-        if memo_key in verdicts:
-            listed = verdicts[memo_key]
-        else:
+        listed = verdicts.get(memo_key, _UNKNOWN)
+        if listed is _UNKNOWN:
+            name = request.key[: request.nend - 12]
             listed = self.verdict(name, only)
             if len(verdicts) >= _MEMO_LIMIT:
                 verdicts.clear()
             verdicts[memo_key] = listed
         if listed is None:
             return self.next.handle(request)
+        assert isinstance(listed, str)
+        name = request.key[: request.nend - 12]
         counters = self.counters
         counters.inc("blocked")
         counters.inc("list." + listed)

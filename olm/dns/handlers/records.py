@@ -38,13 +38,14 @@ class Records(Handler):
         super().__init__(counters)
         self.data = data
         self.clock = clock
-        self._memo: dict[tuple[bytes, frozenset[str] | None], object] = {}
+        self._memo: dict[object, object] = {}
 
     def handle(self, request: Request) -> Result:
         """Answer from local data, or pass the request on."""
         view = request.view
         lines = view.lines if view is not None else None
-        memo_key = (request.key, lines)
+        # Without lines the key alone will do: no tuple to build on the way of every query.
+        memo_key: object = request.key if lines is None else (request.key, lines)
         found = self._memo.get(memo_key)
         if found is None:
             found = self._lookup(request, lines)
