@@ -1,4 +1,8 @@
-"""The ``olm`` command line: ``up`` (the DNS proxy), ``demo``, ``stack`` (netstack on a TUN)."""
+"""The ``olm`` command line: ``up``, ``serve``, ``demo``, ``stack``.
+
+``up`` is the DNS proxy on a TUN, ``serve`` the same engine on kernel sockets, ``stack``
+netstack alone on a TUN.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,11 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from olm.device import DeviceError
+from olm.dns.upstream.group import Policy
 from olm.privilege import require_net_admin
 
 
@@ -51,7 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="do not print the packet walk")
 
     up = sub.add_parser("up", help="run the virtual DNS proxy on a TUN device")
-    up.add_argument("--config", metavar="FILE", help="TOML settings file")
     up.add_argument("--tun", help="TUN device name (default: olm0)")
     up.add_argument(
         "--address",
@@ -60,20 +64,54 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IP",
         help="service address (repeatable; default 10.30.30.30 and fd30:30:30::30)",
     )
+    up.add_argument("--mtu", type=int, help="TUN MTU (default: 1500)")
+    up.add_argument("--pcap", metavar="FILE", help="write every packet on the TUN to a pcap file")
     up.add_argument(
+        "--offload",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="open the TUN with IFF_VNET_HDR and TSO (off: DNS is small UDP messages, which "
+        "offload makes dearer; it pays only for bulk TCP)",
+    )
+    _engine_flags(up)
+
+    serve = sub.add_parser(
+        "serve", help="run the same DNS engine on kernel sockets (no TUN: a sidecar, a daemon)"
+    )
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="answer UDP and TCP here (repeatable; default 127.0.0.1:53 and [::1]:53)",
+    )
+    _engine_flags(serve)
+    return parser
+
+
+def _engine_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of the DNS engine's settings (shared by ``up`` and ``serve``)."""
+    parser.add_argument("--config", metavar="FILE", help="TOML settings file")
+    parser.add_argument(
         "--upstream",
         action="append",
         dest="upstreams",
-        metavar="HOST[:PORT]",
-        help="upstream resolver (repeatable; default: the nameservers of /etc/resolv.conf)",
+        metavar="URL",
+        help="upstream: host[:port], udp://, tcp://, tls://, https://.../dns-query, quic:// "
+        "(repeatable; default: the nameservers of /etc/resolv.conf)",
     )
-    up.add_argument("--policy", choices=["sequential", "race", "round-robin"])
-    up.add_argument("--timeout", type=float, metavar="SECONDS", help="per-try upstream timeout")
-    up.add_argument("--deadline", type=float, metavar="SECONDS", help="overall upstream deadline")
-    up.add_argument("--mtu", type=int, help="TUN MTU (default: 1500)")
-    up.add_argument("--pcap", metavar="FILE", help="write every packet on the TUN to a pcap file")
-    up.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
-    cache = up.add_argument_group("cache (TOML [cache], OLM_CACHE_*; docs/dns.md)")
+    parser.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="IP[:PORT]",
+        help="plain-DNS resolver that finds upstreams given by name (repeatable)",
+    )
+    parser.add_argument("--policy", choices=[p.value for p in Policy])
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="per-try upstream timeout")
+    parser.add_argument(
+        "--deadline", type=float, metavar="SECONDS", help="overall upstream deadline"
+    )
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    cache = parser.add_argument_group("cache (TOML [cache], OLM_CACHE_*; docs/dns.md)")
     cache.add_argument(
         "--no-cache",
         dest="cache.enabled",
@@ -105,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help=text,
         )
-    local = up.add_argument_group("local answers (docs/dns.md, README: examples)")
+    local = parser.add_argument_group("local answers (docs/dns.md, README: examples)")
     local.add_argument(
         "--records-file",
         action="append",
@@ -152,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="upstream for reverse names of private ranges (repeatable)",
     )
     local.add_argument("--state-dir", metavar="DIR", help="downloaded lists, state (/var/lib/olm)")
-    block = up.add_argument_group("blocklists")
+    block = parser.add_argument_group("blocklists")
     block.add_argument(
         "--block-list",
         action="append",
@@ -173,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="nxdomain|refused|null|ADDR[,ADDR]",
         help="the answer for blocked names (default nxdomain)",
     )
-    fake = up.add_argument_group("fake-IP")
+    fake = parser.add_argument_group("fake-IP")
     fake.add_argument(
         "--fake-ip",
         dest="fake_ip.enabled",
@@ -199,23 +237,38 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--fake-ip-range", dest="fake_ip.ipv4_range", metavar="PREFIX")
     fake.add_argument("--fake-ip-range6", dest="fake_ip.ipv6_range", metavar="PREFIX")
     fake.add_argument("--fake-ip-state-file", dest="fake_ip.state_file", metavar="FILE")
-    up.add_argument(
+    fastest = parser.add_argument_group("fastest address (TOML [fastest_addr])")
+    fastest.add_argument(
+        "--fastest-addr",
+        dest="fastest_addr.enabled",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="put first the address of an answer that accepts a TCP connection first",
+    )
+    fastest.add_argument("--fastest-addr-ports", dest="fastest_addr.ports", metavar="PORT[,PORT]")
+    fastest.add_argument(
+        "--fastest-addr-mode",
+        dest="fastest_addr.mode",
+        choices=["first", "only"],
+        help="put the winner first, or keep it alone",
+    )
+    fastest.add_argument(
+        "--fastest-addr-budget",
+        dest="fastest_addr.budget",
+        metavar="SECONDS",
+        help="never hold an answer longer than this (default 0.2)",
+    )
+    parser.add_argument(
         "--resolv-conf", default="/etc/resolv.conf", help=argparse.SUPPRESS
     )  # for tests: where default upstreams come from
-    up.add_argument("--stats", action="store_true", help="print the counters on exit")
-    up.add_argument(
-        "--offload",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="open the TUN with IFF_VNET_HDR and TSO (off: DNS is small UDP messages, which "
-        "offload makes dearer; it pays only for bulk TCP)",
-    )
-    return parser
+    parser.add_argument("--stats", action="store_true", help="print the counters on exit")
 
 
 _UP_FIELDS = (
     "tun",
     "addresses",
+    "listen",
+    "bootstrap",
     "upstreams",
     "policy",
     "timeout",
@@ -235,32 +288,51 @@ _UP_FIELDS = (
 )
 
 
-def run_up(args: argparse.Namespace) -> int:
-    """Load the settings, then run the daemon until SIGINT/SIGTERM."""
-    import logging
+_TABLE_FLAGS = ("cache.", "block.", "fake_ip.", "fastest_addr.")
+
+
+def _load(args: argparse.Namespace, serve: bool) -> tuple[Any, Callable[[], Any]]:
+    """Load the settings of ``up`` or ``serve``; return them and the reload function."""
     import os
 
-    from olm.config import ConfigError, load_settings
-    from olm.daemon import Daemon, StartupError
+    from olm.config import load_settings
+    from olm.serve import dotproxy_environ
 
-    cli = {name: getattr(args, name) for name in _UP_FIELDS}
-    cli.update(
-        {k: v for k, v in vars(args).items() if k.startswith(("cache.", "block.", "fake_ip."))}
-    )
+    fields = [name for name in _UP_FIELDS if hasattr(args, name)]
+    cli = {name: getattr(args, name) for name in fields}
+    cli.update({k: v for k, v in vars(args).items() if k.startswith(_TABLE_FLAGS)})
 
     def load() -> Any:
-        return load_settings(cli, os.environ, args.config)
+        environ = dotproxy_environ(os.environ) if serve else os.environ
+        return load_settings(cli, environ, args.config)
+
+    return load(), load
+
+
+def _configure_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=level, format="olm: %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _print_counters(items: Any) -> None:
+    for name, value in items:
+        print(f"{name} {value}", file=sys.stderr)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """Load the settings, then run the daemon until SIGINT/SIGTERM."""
+    from olm.config import ConfigError
+    from olm.daemon import Daemon, StartupError
 
     try:
-        settings = load()
+        settings, load = _load(args, serve=False)
     except ConfigError as exc:
         print(f"olm: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="olm: %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(settings.log_level)
     require_net_admin(f"creating TUN device {settings.tun}")
     daemon = Daemon(
         settings, reload_settings=load, resolv_conf=args.resolv_conf, offload=args.offload
@@ -274,8 +346,35 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"olm: {exc}", file=sys.stderr)
         return 2 if exc.is_permission_error else 1
     if args.stats and daemon.stack is not None:
-        for name, value in daemon.stack.counters.items():
-            print(f"{name} {value}", file=sys.stderr)
+        _print_counters(daemon.stack.counters.items())
+    print("olm: stopped", flush=True)
+    return status
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Load the settings, then serve on kernel sockets until SIGINT/SIGTERM."""
+    from olm.config import ConfigError
+    from olm.privilege import require_bind_service
+    from olm.serve import Serve, listen_addresses
+    from olm.serving import StartupError
+
+    try:
+        settings, load = _load(args, serve=True)
+        listen = listen_addresses(settings.listen)
+    except (ConfigError, ValueError) as exc:
+        print(f"olm: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    for _, port in listen:
+        require_bind_service(port)
+    server = Serve(settings, reload_settings=load, resolv_conf=args.resolv_conf)
+    try:
+        status = asyncio.run(server.run())
+    except StartupError as exc:
+        print(f"olm: {exc}", file=sys.stderr)
+        return exc.status
+    if args.stats:
+        _print_counters(server.counters.items())
     print("olm: stopped", flush=True)
     return status
 
@@ -339,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "up":
         return run_up(args)
+    if args.command == "serve":
+        return run_serve(args)
     if args.command == "demo":
         from olm.demo import main as demo_main
 

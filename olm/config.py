@@ -32,6 +32,7 @@ from olm.dns.upstream import (
     UpstreamConfigError,
     parse_upstream,
     resolv_conf_upstreams,
+    upstream_from,
 )
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -49,7 +50,7 @@ class SplitSettings:
     """A ``[[split]]`` entry: names under ``suffix`` go to their own upstream group."""
 
     suffix: str
-    upstreams: tuple[str, ...]
+    upstreams: tuple[Any, ...]
     policy: str = Policy.SEQUENTIAL.value
 
 
@@ -63,7 +64,7 @@ class ViewSettings:
 
     name: str
     clients: tuple[str, ...]
-    upstreams: tuple[str, ...] = ()
+    upstreams: tuple[Any, ...] = ()
     policy: str = Policy.SEQUENTIAL.value
     blocklists: tuple[str, ...] | None = None
 
@@ -94,13 +95,40 @@ class FakeIpSettings:
     state_file: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """``[health]``: when an upstream is down, how it is probed back, how often to explore.
+
+    ``explore``: the ``fastest`` policy sends one query in this many first to another upstream.
+    """
+
+    down_after: int = 3
+    probe_interval: float = 5.0
+    probe_max: float = 60.0
+    explore: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class FastestAddrSettings:
+    """``[fastest_addr]``: put first (or alone) the address that accepts a connection first."""
+
+    enabled: bool = False
+    ports: tuple[int, ...] = (443, 80)
+    budget: float = 0.2
+    mode: str = "first"
+    max_probes: int = 8
+    cache_ttl: float = 60.0
+
+
 @dataclass(slots=True)
 class Settings:
     """Every setting of olm, already checked."""
 
     tun: str = "olm0"
     addresses: list[str] = field(default_factory=lambda: ["10.30.30.30", "fd30:30:30::30"])
-    upstreams: list[str] = field(default_factory=list)
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:53", "[::1]:53"])
+    upstreams: list[Any] = field(default_factory=list)  # URLs, host[:port], or tables
+    bootstrap: list[str] = field(default_factory=list)
     policy: str = Policy.SEQUENTIAL.value
     timeout: float = 2.0
     deadline: float = 5.0
@@ -122,13 +150,15 @@ class Settings:
     hosts_files: list[str] = field(default_factory=list)
     hosts_ttl: int = 300
     split: list[SplitSettings] = field(default_factory=list)
-    private_reverse_upstreams: list[str] = field(default_factory=list)
+    private_reverse_upstreams: list[Any] = field(default_factory=list)
     views: list[ViewSettings] = field(default_factory=list)
     state_dir: str = "/var/lib/olm"
     watch_interval: float = 2.0
     cache: CacheSettings = field(default_factory=CacheSettings)
     block: BlockSettings = field(default_factory=BlockSettings)
     fake_ip: FakeIpSettings = field(default_factory=FakeIpSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    fastest_addr: FastestAddrSettings = field(default_factory=FastestAddrSettings)
 
     @property
     def data_files(self) -> list[str]:
@@ -148,10 +178,15 @@ class Settings:
         """
         if self.upstreams:
             own = {ipaddress.ip_address(a) for a in self.addresses}
-            chosen = [parse_upstream(text) for text in self.upstreams]
+            chosen = [upstream_from(spec) for spec in self.upstreams]
             for upstream in chosen:
-                if upstream.address in own:
+                if upstream.is_ip and upstream.address in own:
                     raise ConfigError(f"upstreams: {upstream} is one of the service addresses")
+                if not upstream.is_ip and not self.bootstrap:
+                    raise ConfigError(
+                        f"upstreams: {upstream} names a host: set bootstrap resolvers to find "
+                        'its address (bootstrap = ["192.0.2.53"])'
+                    )
             return chosen
         try:
             return resolv_conf_upstreams(resolv_conf, exclude=self.addresses)
@@ -196,22 +231,62 @@ def _addresses(value: Any) -> list[str]:
     return out
 
 
-def _upstreams(value: Any) -> list[str]:
+def _listen(value: Any) -> list[str]:
+    """Listen addresses of ``olm serve``: ``IP:PORT``, IPv6 as ``[addr]:port``."""
     items = _list(value)
+    if not items:
+        raise ValueError("must name at least one address")
     for item in items:
         try:
-            parse_upstream(item)
+            parsed = parse_upstream(item)
         except UpstreamConfigError as exc:
             raise ValueError(str(exc)) from None
+        if not parsed.is_ip or parsed.scheme != "udp":
+            raise ValueError(f"{item!r}: listen on IP:PORT")
     return items
 
 
-def _policy(value: Any) -> str:
-    text = _text(value)
-    choices = [p.value for p in Policy]
-    if text not in choices:
-        raise ValueError(f"must be one of {', '.join(choices)}")
-    return text
+def _upstreams(value: Any) -> list[Any]:
+    """Upstreams: URLs or ``host[:port]`` (comma-separated in flags), or TOML tables."""
+    items: list[Any] = (
+        list(value) if isinstance(value, Sequence) and not isinstance(value, str) else _list(value)
+    )
+    for item in items:
+        if not isinstance(item, str | Mapping):
+            raise ValueError(f"an upstream is a URL or a table, not {item!r}")
+        try:
+            upstream = upstream_from(item)
+        except UpstreamConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if upstream.socks5 and upstream.scheme == "quic":
+            raise ValueError(f"{upstream}: QUIC (UDP) cannot go through a SOCKS5 proxy")
+    return items
+
+
+def _bootstrap(value: Any) -> list[str]:
+    """Bootstrap resolvers: plain DNS at IP addresses (they find the upstreams' addresses)."""
+    items = _list(value)
+    for item in items:
+        try:
+            upstream = parse_upstream(item)
+        except UpstreamConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if not upstream.is_ip or upstream.scheme != "udp":
+            raise ValueError(f"{item!r}: a bootstrap resolver is an IP address[:port]")
+    return items
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        text = _text(value)
+        if text not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return text
+
+    return check
+
+
+_policy = _choice(*(p.value for p in Policy))
 
 
 def _number(low: float, value: Any) -> float:
@@ -300,6 +375,13 @@ def _network(version: int, value: Any) -> str:
 
 def _optional_network6(value: Any) -> str | None:
     return _network(6, value) if _text(value) else None
+
+
+def _ports(value: Any) -> tuple[int, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise ValueError("must be a non-empty list of ports")
+    return tuple(_integer(1, 65535, item) for item in items)
 
 
 def _block_answer(value: Any) -> tuple[str, ...]:
@@ -416,7 +498,9 @@ def _log_level(value: Any) -> str:
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "tun": _tun,
     "addresses": _addresses,
+    "listen": _listen,
     "upstreams": _upstreams,
+    "bootstrap": _bootstrap,
     "policy": _policy,
     "timeout": _seconds,
     "deadline": _seconds,
@@ -463,11 +547,23 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "fake_ip.suffixes": lambda v: tuple(_names(v)),
     "fake_ip.exclude": lambda v: tuple(_names(v)),
     "fake_ip.state_file": _optional_path,
+    "health.down_after": _count,
+    "health.probe_interval": _seconds,
+    "health.probe_max": _seconds,
+    "health.explore": lambda v: _integer(0, 1_000_000, v),
+    "fastest_addr.enabled": _bool,
+    "fastest_addr.ports": _ports,
+    "fastest_addr.budget": _seconds,
+    "fastest_addr.mode": _choice("first", "only"),
+    "fastest_addr.max_probes": _count,
+    "fastest_addr.cache_ttl": _seconds,
 }
 _TABLES: dict[str, Any] = {
     "cache": CacheSettings,
     "block": BlockSettings,
     "fake_ip": FakeIpSettings,
+    "health": HealthSettings,
+    "fastest_addr": FastestAddrSettings,
 }
 #: Settings written as arrays of tables in TOML (``[[split]]``): checked whole, errors name
 #: the entry (``split[2]``) and the line of its header.
@@ -531,7 +627,7 @@ def _from_file(path: Path) -> dict[str, Any]:
         if check is None:
             known = ", ".join(_CHECKS)
             raise ConfigError(f"{where}: unknown field {name!r} (known fields: {known})")
-        if isinstance(raw, str) and name in ("addresses", "upstreams"):
+        if isinstance(raw, str) and name in ("addresses", "upstreams", "listen"):
             raise ConfigError(f"{where}: field {name!r}: must be a list of strings")
         try:
             values[name] = check(raw)
@@ -644,12 +740,16 @@ def _build(values: dict[str, Any]) -> Settings:
         )
         for table, kind in _TABLES.items()
     }
-    settings = Settings(
-        **top, cache=tables["cache"], block=tables["block"], fake_ip=tables["fake_ip"]
-    )
+    settings = Settings(**top, **tables)
     cache = settings.cache
     if cache.min_ttl > cache.max_ttl:
         raise ConfigError(
             f"cache.min_ttl ({cache.min_ttl}) is above cache.max_ttl ({cache.max_ttl})"
+        )
+    health = settings.health
+    if health.probe_interval > health.probe_max:
+        raise ConfigError(
+            f"health.probe_interval ({health.probe_interval}) is above health.probe_max "
+            f"({health.probe_max})"
         )
     return settings

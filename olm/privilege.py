@@ -11,10 +11,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["CAP_NET_ADMIN", "effective_capabilities", "missing_net_admin", "require_net_admin"]
+__all__ = [
+    "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE",
+    "effective_capabilities",
+    "missing_net_admin",
+    "require_bind_service",
+    "require_net_admin",
+]
 
-#: Bit number of CAP_NET_ADMIN in the capability sets (linux/capability.h).
+#: Bit numbers of CAP_NET_BIND_SERVICE and CAP_NET_ADMIN in the capability sets
+#: (linux/capability.h).
+CAP_NET_BIND_SERVICE = 10
 CAP_NET_ADMIN = 12
+#: Ports below this need CAP_NET_BIND_SERVICE (net.ipv4.ip_unprivileged_port_start).
+_UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
 
 _STATUS = Path("/proc/self/status")
 
@@ -57,4 +68,26 @@ def require_net_admin(what: str) -> None:
     if missing_net_admin() is None:
         return
     print(f"olm: {what} needs CAP_NET_ADMIN (run as root or grant the capability)", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def require_bind_service(port: int) -> None:
+    """Exit with status 2 unless this process may bind ``port`` (CAP_NET_BIND_SERVICE).
+
+    Ports from ``net.ipv4.ip_unprivileged_port_start`` (1024 by default) up need nothing.
+    """
+    try:
+        start = int(_UNPRIVILEGED_PORT_START.read_text().strip())
+    except (OSError, ValueError):
+        start = 1024
+    if port >= start:
+        return
+    caps = effective_capabilities()
+    if caps is not None and caps & (1 << CAP_NET_BIND_SERVICE):
+        return
+    print(
+        f"olm: listening on port {port} needs CAP_NET_BIND_SERVICE (run as root, grant the "
+        "capability, or use a port from 1024 up)",
+        file=sys.stderr,
+    )
     raise SystemExit(2)

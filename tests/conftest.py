@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from netns import NetNS, delete_leftover_namespaces, require_privilege
+from netns import Host, NetNS, delete_leftover_namespaces, require_privilege
+from olmproc import OlmProcess
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -50,3 +51,26 @@ def netns_factory(privileged: None) -> Iterator[Callable[[], NetNS]]:
     finally:
         for ns in reversed(made):
             ns.close()
+
+
+@pytest.fixture
+def host() -> Iterator[Host]:
+    """Processes started on this machine (its loopback only), stopped after the test."""
+    with Host() as here:
+        yield here
+
+
+@pytest.fixture
+def olm_up(netns: NetNS) -> Iterator[Callable[..., OlmProcess]]:
+    """Start ``olm up --tun olmdns0 --stats ARGS...`` in the test's namespace (stopped after)."""
+    started: list[OlmProcess] = []
+
+    def start(*args: str) -> OlmProcess:
+        proc = OlmProcess(netns, ["up", "--tun", "olmdns0", "--stats", *args])
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.stop()

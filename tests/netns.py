@@ -16,6 +16,7 @@ import itertools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -42,6 +43,10 @@ TOOL_PACKAGES = {
     "dnsperf": "dnsperf",
     "setpriv": "util-linux",
     "capsh": "libcap2-bin",
+    "unbound": "unbound",
+    "unbound-control": "unbound",
+    "microsocks": "microsocks",
+    "systemd-analyze": "systemd",
 }
 
 _counter = itertools.count()
@@ -201,12 +206,15 @@ class NetNS:
                 _stop(proc, own_group)
         finally:
             self._procs.clear()
-            subprocess.run(
-                ["ip", "netns", "del", self.name],
-                capture_output=True,
-                text=True,
-                timeout=DEFAULT_TIMEOUT,
-            )
+            self._delete()
+
+    def _delete(self) -> None:
+        subprocess.run(
+            ["ip", "netns", "del", self.name],
+            capture_output=True,
+            text=True,
+            timeout=DEFAULT_TIMEOUT,
+        )
 
     def __enter__(self) -> NetNS:
         return self
@@ -221,6 +229,40 @@ class NetNS:
 
     def __repr__(self) -> str:
         return f"<NetNS {self.name}{' closed' if self._closed else ''}>"
+
+
+class Host(NetNS):
+    """This machine's own network, with the same process tracking as a namespace.
+
+    For tests that need no privilege: the processes they start listen on this machine's
+    loopback, and :meth:`close` stops them (nothing else is deleted).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("host")
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        """Return ``args`` unchanged: they run here."""
+        return list(args)
+
+    def _delete(self) -> None:
+        """Nothing to delete: this is the machine's own network."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a port free for both UDP and TCP on ``host`` at the time of the call."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(family, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(family, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise OSError("no free port found")
 
 
 def leftover_namespaces() -> list[str]:

@@ -8,23 +8,32 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from netns import NetNS, python_env
 
 
 class OlmProcess:
-    """A running ``python -m olm ...`` inside a namespace, started and stopped by the test."""
+    """A running ``python -m olm ...`` (in a namespace or here), started and stopped by the test."""
 
-    def __init__(self, ns: NetNS, args: Sequence[str], ready: str = "ready") -> None:
+    def __init__(
+        self,
+        ns: NetNS,
+        args: Sequence[str],
+        ready: str = "ready",
+        *,
+        prefix: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Start ``olm args`` (after ``prefix``, e.g. setpriv) with ``env`` added."""
         self.ns = ns
         self.proc: subprocess.Popen[str] = ns.popen(
-            [sys.executable, "-m", "olm", *args],
+            [*prefix, sys.executable, "-m", "olm", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=python_env({**os.environ, "PYTHONUNBUFFERED": "1"}),
+            env=python_env({**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}),
         )
         self.lines: list[str] = []
         self.wait_for(ready)

@@ -46,11 +46,11 @@ def test_env_lists_are_comma_separated() -> None:
 
 
 def test_file_error_names_file_line_and_field(tmp_path: Path) -> None:
-    path = write(tmp_path, '# olm\ntun = "olm1"\n\n\n\n\npolicy = "fastest"\n')
+    path = write(tmp_path, '# olm\ntun = "olm1"\n\n\n\n\npolicy = "quickest"\n')
     with pytest.raises(ConfigError) as err:
         load_settings(config_file=path)
     assert str(err.value) == (
-        f"{path}:7: field 'policy': must be one of sequential, race, round-robin"
+        f"{path}:7: field 'policy': must be one of sequential, race, round-robin, fastest"
     )
 
 
@@ -80,14 +80,17 @@ def test_file_type_errors(tmp_path: Path) -> None:
 
 def test_env_error_names_variable() -> None:
     with pytest.raises(ConfigError) as err:
-        load_settings(environ={"OLM_POLICY": "fastest"})
+        load_settings(environ={"OLM_POLICY": "quickest"})
     assert str(err.value) == (
-        "environment OLM_POLICY: must be one of sequential, race, round-robin"
+        "environment OLM_POLICY: must be one of sequential, race, round-robin, fastest"
     )
     with pytest.raises(ConfigError, match=r"^environment OLM_TIMEOUT: must be a number"):
         load_settings(environ={"OLM_TIMEOUT": "fast"})
-    with pytest.raises(ConfigError, match=r"^environment OLM_UPSTREAMS: 'dns\.example'"):
-        load_settings(environ={"OLM_UPSTREAMS": "dns.example"})
+    with pytest.raises(ConfigError, match=r"^environment OLM_UPSTREAMS: 'dns\.exa mple'"):
+        load_settings(environ={"OLM_UPSTREAMS": "dns.exa mple"})
+    # A host name is fine as such, but needs bootstrap resolvers to find its address.
+    with pytest.raises(ConfigError, match=r"tls://dns\.example:853 names a host"):
+        load_settings(environ={"OLM_UPSTREAMS": "tls://dns.example"}).upstream_list()
 
 
 def test_flag_errors_name_the_flag() -> None:

@@ -6,9 +6,8 @@ import asyncio
 import logging
 import socket
 import struct
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, RD, RR, TXT, A, DNSRecord
@@ -32,68 +31,11 @@ from olm.dns.upstream import (
     UpstreamGroup,
     parse_upstream,
     resolv_conf_upstreams,
+    upstream_from,
 )
 
+from fakedns import LOOPBACK, FakeUpstream, answer, answers_with, run, silent, start_fake
 from stackutil import HOST4, STACK4, make_stack, udp_packet
-
-T = TypeVar("T")
-LOOPBACK = "127.0.0.1"
-Behaviour = Callable[[DNSRecord], list[tuple[float, bytes]]]
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(10):
-            return await coro
-
-    return asyncio.run(bounded())
-
-
-def answer(query: DNSRecord, ip: str = "192.0.2.1", *, qid: int | None = None) -> bytes:
-    reply = query.reply()
-    if qid is not None:
-        reply.header.id = qid
-    reply.add_answer(RR(query.q.qname, rdata=A(ip), ttl=60))
-    packed: bytes = reply.pack()
-    return packed
-
-
-def answers_with(ip: str, delay: float = 0.0) -> Behaviour:
-    return lambda q: [(delay, answer(q, ip))]
-
-
-def silent(q: DNSRecord) -> list[tuple[float, bytes]]:
-    return []
-
-
-class FakeUpstream(asyncio.DatagramProtocol):
-    """A UDP resolver on loopback whose replies (and their delays) a function chooses."""
-
-    def __init__(self, behave: Behaviour) -> None:
-        self.behave = behave
-        self.seen: list[DNSRecord] = []
-        self.sources: list[Any] = []
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        query = DNSRecord.parse(data)
-        self.seen.append(query)
-        self.sources.append(addr)
-        loop = asyncio.get_running_loop()
-        assert self.transport is not None
-        for delay, reply in self.behave(query):
-            loop.call_later(delay, self.transport.sendto, reply, addr)
-
-
-async def start_fake(behave: Behaviour, port: int = 0) -> tuple[FakeUpstream, Upstream]:
-    loop = asyncio.get_running_loop()
-    transport, fake = await loop.create_datagram_endpoint(
-        lambda: FakeUpstream(behave), local_addr=(LOOPBACK, port)
-    )
-    return fake, Upstream(LOOPBACK, transport.get_extra_info("sockname")[1])
 
 
 def client_query(name: str = "www.example.com", *, edns: EDNS0 | None = None) -> bytes:
@@ -156,9 +98,36 @@ def test_parse_upstream_forms() -> None:
     assert parse_upstream("[2001:db8::1]") == Upstream("2001:db8::1", 53)
     assert parse_upstream("2001:db8::1") == Upstream("2001:db8::1", 53)
     assert str(Upstream("2001:db8::1", 5)) == "[2001:db8::1]:5"
-    for bad in ("dns.example", "192.0.2.1:0", "192.0.2.1:x", "[2001:db8::1", "[::1]x", ""):
+    for bad in ("dns exa", "192.0.2.1:0", "192.0.2.1:x", "[2001:db8::1", "[::1]x", ""):
         with pytest.raises(UpstreamConfigError):
             parse_upstream(bad)
+
+
+def test_parse_upstream_urls_and_tables() -> None:
+    assert parse_upstream("tls://192.0.2.1") == Upstream("192.0.2.1", 853, "tls")
+    assert parse_upstream("quic://[2001:db8::1]") == Upstream("2001:db8::1", 853, "quic")
+    doh = parse_upstream("https://dns.example/dns-query")
+    assert (doh.host, doh.port, doh.path, doh.is_ip) == ("dns.example", 443, "/dns-query", False)
+    assert parse_upstream("https://192.0.2.1:8443").path == "/dns-query"
+    assert parse_upstream("tcp://192.0.2.1:5353") == Upstream("192.0.2.1", 5353, "tcp")
+    assert parse_upstream("dns.example") == Upstream("dns.example", 53)  # needs a bootstrap
+    table = upstream_from(
+        {"url": "tls://192.0.2.53", "server_name": "dns.example", "ca_file": "ca.pem"}
+    )
+    assert table.tls_name == "dns.example" and table.ca_file == "ca.pem" and table.encrypted
+    get = upstream_from({"url": "https://192.0.2.53/q", "method": "get"})
+    assert get.method == "GET" and str(get) == "https://192.0.2.53:443/q"
+    for bad_url in ("ftp://192.0.2.1", "tls://192.0.2.1/path", "tls://u@192.0.2.1", "udp://:53"):
+        with pytest.raises(UpstreamConfigError):
+            parse_upstream(bad_url)
+    for bad_table in (
+        {"url": "tls://192.0.2.1", "colour": "red"},
+        {"server_name": "x"},
+        {"url": "tls://192.0.2.1", "socks5": "http://proxy:1"},
+        {"url": "tls://192.0.2.1", "method": "GET"},
+    ):
+        with pytest.raises(UpstreamConfigError):
+            upstream_from(bad_table)
 
 
 def test_resolv_conf_skips_service_addresses_and_junk(tmp_path: Path) -> None:
@@ -484,6 +453,8 @@ def test_tcp_connection_on_kernel_loopback() -> None:
 
 
 def test_logs_hold_no_query_names_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    """Per-query failures go to counters and DEBUG; INFO keeps names out, DEBUG has them."""
+
     async def main() -> None:
         _, dead = await start_fake(silent)
         _, live = await start_fake(answers_with("192.0.2.1"))
@@ -494,12 +465,13 @@ def test_logs_hold_no_query_names_at_info(caplog: pytest.LogCaptureFixture) -> N
 
     with caplog.at_level(logging.INFO, logger="olm"):
         run(main())
-    assert "SERVFAIL" in caplog.text and "no answer" in caplog.text
     assert "secret-name" not in caplog.text
+    assert "SERVFAIL" not in caplog.text and "no answer" not in caplog.text
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="olm"):
         run(main())
     assert "secret-name" in caplog.text
+    assert "answering SERVFAIL" in caplog.text and "no answer within" in caplog.text
 
 
 def test_udp_protocol_on_netstack() -> None:

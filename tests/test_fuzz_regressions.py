@@ -5,11 +5,14 @@ Each test was written from a fuzzer's reproducer before the fix, and failed then
 
 from __future__ import annotations
 
+import pytest
+
 from netstack.header import icmpv6
 from netstack.header.ipv6 import IPv6Extension, IPv6Header, build_extensions, build_tlv_options
 from netstack.header.numbers import IPPROTO_DSTOPTS, IPPROTO_ICMPV6, IPPROTO_UDP
 from netstack.header.udp import build_udp
 from netstack.transport.udp import UDPEndpoint
+from olm.dns.upstream import UpstreamConfigError, parse_upstream
 
 from stackutil import HOST6, STACK6, a, make_stack
 
@@ -86,3 +89,13 @@ def test_a_query_for_the_root_name_with_local_data() -> None:
     )
     assert local.lookup(b"\x00", 2).outcome is Outcome.NOT_OURS
     assert local.lookup(b"\x00", 255).outcome is Outcome.NOT_OURS
+
+
+def test_a_long_upstream_name_is_refused_without_backtracking() -> None:
+    # fuzz_config: OLM_UPSTREAMS of a 66-character name of digits ending in .0.0.1 hung the
+    # host-name check (one regular expression over the whole name, nested quantifiers: its
+    # backtracking grows exponentially with the name). Labels are now checked one by one.
+    for host in ["1" + "2" * 60 + "7.0.0.1", "a" * 62 + "!", ("a" * 30 + ".") * 8 + "-"]:
+        with pytest.raises(UpstreamConfigError, match="not an IP address or host name"):
+            parse_upstream(f"tls://{host}")
+    assert parse_upstream("tls://" + "a" * 63 + ".example").host == "a" * 63 + ".example"

@@ -15,10 +15,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from olmproc import OlmProcess, counters_from
-from test_kernel_dns import V4, dig, start_upstream
 
 from netns import NetNS, python_env, require_tool
+from olmproc import OlmProcess, counters_from
+from test_kernel_dns import V4, dig, start_upstream
 
 pytestmark = pytest.mark.privileged
 

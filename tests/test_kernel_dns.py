@@ -13,13 +13,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from olmproc import OlmProcess, counters_from
 
 from netns import NetNS, python_env, require_tool
+from olmproc import OlmProcess, counters_from
 
 pytestmark = pytest.mark.privileged
 
@@ -44,21 +44,6 @@ def start_upstream(ns: NetNS, port: int, *extra: str) -> subprocess.Popen[str]:
 
 
 UpFactory = Callable[..., OlmProcess]
-
-
-@pytest.fixture
-def olm_up(netns: NetNS) -> Iterator[UpFactory]:
-    started: list[OlmProcess] = []
-
-    def start(*args: str) -> OlmProcess:
-        proc = OlmProcess(netns, ["up", "--tun", "olmdns0", "--stats", *args])
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.proc.poll() is None:
-            proc.stop()
 
 
 def dig(ns: NetNS, *args: str, check: bool = True) -> str:
@@ -298,7 +283,7 @@ def test_olm_up_without_privilege_exits_2(netns: NetNS) -> None:
 
 def test_bad_config_names_file_line_and_field(netns: NetNS, tmp_path: Path) -> None:
     config = tmp_path / "olm.toml"
-    config.write_text('upstreams = ["127.0.0.1:5300"]\n\npolicy = "fastest"\n')
+    config.write_text('upstreams = ["127.0.0.1:5300"]\n\npolicy = "quickest"\n')
     done = netns.run(
         [sys.executable, "-m", "olm", "up", "--config", str(config)], check=False, env=python_env()
     )

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from olmproc import OlmProcess, counters_from
 from test_kernel_cache import QueryLog, start
-from test_kernel_dns import V4, dig, start_upstream
 
 from netns import NetNS, python_env
+from olmproc import OlmProcess, counters_from
+from test_kernel_dns import V4, dig, start_upstream
 
 pytestmark = pytest.mark.privileged
 

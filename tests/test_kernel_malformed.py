@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hostile_dns import CASES, FORMERR, NOTIMP
-from olmproc import OlmProcess, counters_from
-from test_kernel_dns import short, start_upstream
 
 from netstack.stack import StackOptions
 
+from hostile_dns import CASES, FORMERR, NOTIMP
 from netns import NetNS, python_env, require_tool, skip_or_fail
+from olmproc import OlmProcess, counters_from
+from test_kernel_dns import short, start_upstream
 
 pytestmark = pytest.mark.privileged
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from olmproc import OlmProcess, counters_from, ns_python
 
 from netns import NetNS, require_tool
+from olmproc import OlmProcess, counters_from, ns_python
 
 pytestmark = pytest.mark.privileged
 

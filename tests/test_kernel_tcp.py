@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from olmproc import OlmProcess, counters_from
 
 from netns import NetNS, python_env, require_tool, skip_or_fail
+from olmproc import OlmProcess, counters_from
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(120)]
 

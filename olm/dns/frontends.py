@@ -72,7 +72,7 @@ class StackUdpServer:
             endpoint.sendto(data, addr, port)
         except StackError as exc:
             self.counters.inc("send_error")
-            log.info("could not send a reply: %s", exc)
+            log.debug("could not send a reply: %s", exc)
 
     def _on_error(self, control: Control, remote: bytes, port: int) -> None:
         self.counters.inc("icmp_error")

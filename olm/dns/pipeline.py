@@ -9,7 +9,11 @@ SIGHUP (or a changed data file) can swap chains atomically: a query in flight ke
 The chain, in order (handlers that have nothing to do are left out)::
 
     sanitise -> admission -> views -> records -> hosts -> block -> fake_ip -> split -> cache
-      -> forward
+      -> fastest -> forward
+
+``fastest`` sits below the cache, so the answer it reorders is the one cached: a hit costs no
+probe. Upstream groups whose upstreams, policy and limits are unchanged are kept across
+reloads with their health records (latency averages, marks down).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from olm.dns.handlers.admission import Admission, Gate
 from olm.dns.handlers.block import Block
 from olm.dns.handlers.cache import CacheHandler
 from olm.dns.handlers.fake_ip import FakeIp
+from olm.dns.handlers.fastest import FastestAddress
 from olm.dns.handlers.forward import Forward
 from olm.dns.handlers.hosts import Hosts
 from olm.dns.handlers.records import Records
@@ -59,8 +64,15 @@ from olm.dns.localfiles import (
     read_lines_file,
     read_records_file,
 )
-from olm.dns.upstream import Upstream, UpstreamGroup, parse_upstream
-from olm.dns.upstream.udp import UdpTransport
+from olm.dns.upstream import (
+    Transport,
+    Upstream,
+    UpstreamGroup,
+    parse_upstream,
+    upstream_from,
+)
+from olm.dns.upstream.bootstrap import Bootstrap
+from olm.dns.upstream.factory import make_transport
 
 __all__ = ["DataError", "Pipeline"]
 
@@ -86,7 +98,11 @@ class Pipeline:
         self.resolv_conf = resolv_conf
         self.gate = Gate(settings.max_inflight)
         self.cache = Cache(settings.cache, counters.child("cache"))
-        self._transports: dict[Upstream, UdpTransport] = {}
+        self._transports: dict[Upstream, Transport] = {}
+        self._groups: dict[tuple[object, ...], UpstreamGroup] = {}
+        self._fastest: tuple[tuple[int, ...], dict[bytes, Any]] | None = None
+        self.bootstrap: Bootstrap | None = None
+        self._bootstrap_spec: list[str] = []
         self.settings = settings
         self.upstreams: list[Upstream] = []
         self._routing: tuple[object, ...] = ()
@@ -115,25 +131,38 @@ class Pipeline:
         pool = self._fake_pool(settings)
         routing = self._routing_of(settings, upstreams)
         own = {ipaddress.ip_address(a) for a in settings.addresses}
-        for text in [
+        for spec in [
             *(u for v in settings.views for u in v.upstreams),
             *(u for s in settings.split for u in s.upstreams),
             *settings.private_reverse_upstreams,
         ]:
-            if parse_upstream(text).address in own:
-                raise ConfigError(f"upstreams: {text} is one of the service addresses")
+            upstream = upstream_from(spec)
+            if upstream.is_ip and upstream.address in own:
+                raise ConfigError(f"upstreams: {upstream} is one of the service addresses")
+            if not upstream.is_ip and not settings.bootstrap:
+                raise ConfigError(f"upstreams: {upstream} names a host: set bootstrap resolvers")
         # Everything read and checked: from here on nothing fails.
         if self._routing and routing != self._routing:
             self.cache.flush()
         self.cache.configure(settings.cache, self.clock.now())
         self.gate.limit = settings.max_inflight
+        if settings.bootstrap != self._bootstrap_spec:
+            if self.bootstrap is not None:
+                self.bootstrap.close()
+            self.bootstrap = Bootstrap(
+                [parse_upstream(text) for text in settings.bootstrap],
+                self.counters.child("bootstrap"),
+                timeout=settings.timeout,
+            )
+            self._bootstrap_spec = list(settings.bootstrap)
         used: set[Upstream] = set()
-        default = self._group("default", upstreams, settings.policy, settings, used)
+        groups: dict[tuple[object, ...], UpstreamGroup] = {}
+        default = self._group("default", upstreams, settings.policy, settings, used, groups)
         views = [
             View(
                 v.name,
                 tuple(ipaddress.ip_network(c, strict=False) for c in v.clients),
-                self._group(f"view:{v.name}", v.upstreams, v.policy, settings, used)
+                self._group(f"view:{v.name}", v.upstreams, v.policy, settings, used, groups)
                 if v.upstreams
                 else None,
                 frozenset(v.blocklists) if v.blocklists is not None else None,
@@ -141,7 +170,9 @@ class Pipeline:
             for v in settings.views
         ]
         routes = {
-            s.suffix: self._group(f"split:{s.suffix}", s.upstreams, s.policy, settings, used)
+            s.suffix: self._group(
+                f"split:{s.suffix}", s.upstreams, s.policy, settings, used, groups
+            )
             for s in settings.split
         }
         if settings.private_reverse_upstreams:
@@ -151,10 +182,12 @@ class Pipeline:
                 settings.policy,
                 settings,
                 used,
+                groups,
             )
             for zone in PRIVATE_REVERSE_ZONES:
                 routes.setdefault(zone, private)
         self._retire(used, settings.deadline)
+        self._groups = groups
         c = self.counters
         handlers: list[Handler] = [Sanitise(c), Admission(c, self.gate)]
         if lines.prefixes or views:
@@ -175,6 +208,8 @@ class Pipeline:
             handlers.append(Split(c, routes))
         if settings.cache.enabled:
             handlers.append(CacheHandler(c, self.cache, self.clock, self.gate))
+        if settings.fastest_addr.enabled:
+            handlers.append(self._fastest_handler(settings))
         handlers.append(Forward(c, default))
         self.settings = settings
         self.upstreams = upstreams
@@ -345,28 +380,57 @@ class Pipeline:
     def _group(
         self,
         name: str,
-        upstreams: Sequence[Upstream | str],
+        upstreams: Sequence[Any],
         policy: str,
         settings: Settings,
         used: set[Upstream],
+        groups: dict[tuple[object, ...], UpstreamGroup],
     ) -> UpstreamGroup:
+        """Return the group ``name`` of these upstreams: the last chain's if nothing changed."""
         node = self.counters.child("upstream")
-        transports = []
-        for item in upstreams:
-            upstream = item if isinstance(item, Upstream) else parse_upstream(item)
-            transport = self._transports.get(upstream)
-            if transport is None:
-                transport = self._transports[upstream] = UdpTransport(upstream, node)
-            transports.append(transport)
-            used.add(upstream)
-        return UpstreamGroup(
-            name,
-            transports,
-            node,
-            policy=policy,
-            timeout=settings.timeout,
-            deadline=settings.deadline,
+        chosen = [item if isinstance(item, Upstream) else upstream_from(item) for item in upstreams]
+        used.update(chosen)
+        h = settings.health
+        key = (name, tuple(chosen), policy, settings.timeout, settings.deadline, h)
+        group = self._groups.get(key)
+        if group is None:
+            transports = []
+            for upstream in chosen:
+                transport = self._transports.get(upstream)
+                if transport is None:
+                    transport = make_transport(upstream, node, self.bootstrap)
+                    self._transports[upstream] = transport
+                transports.append(transport)
+            group = UpstreamGroup(
+                name,
+                transports,
+                node,
+                policy=policy,
+                timeout=settings.timeout,
+                deadline=settings.deadline,
+                down_after=h.down_after,
+                probe_interval=h.probe_interval,
+                probe_max=h.probe_max,
+                explore=h.explore,
+            )
+        groups[key] = group
+        return group
+
+    def _fastest_handler(self, settings: Settings) -> FastestAddress:
+        """Make the fastest-address handler, with the last one's results if the ports agree."""
+        spec = settings.fastest_addr
+        handler = FastestAddress(
+            self.counters,
+            ports=spec.ports,
+            budget=spec.budget,
+            mode="only" if spec.mode == "only" else "first",
+            max_probes=spec.max_probes,
+            cache_ttl=spec.cache_ttl,
         )
+        if self._fastest is not None and self._fastest[0] == spec.ports:
+            handler.results = self._fastest[1]
+        self._fastest = (spec.ports, handler.results)
+        return handler
 
     def _retire(self, keep: set[Upstream], deadline: float) -> None:
         gone = [u for u in self._transports if u not in keep]
@@ -388,6 +452,8 @@ class Pipeline:
         for transport in self._transports.values():
             with contextlib.suppress(Exception):
                 transport.close()
+        if self.bootstrap is not None:
+            self.bootstrap.close()
 
 
 def _stamp(path: str | Path) -> tuple[int, int, int] | None:

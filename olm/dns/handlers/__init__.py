@@ -16,12 +16,18 @@ counter node named after it:
 ====================  =====================================================================
 ``sanitise``          the RFC checks: FORMERR, NOTIMP, BADVERS, dropped responses
 ``admission``         REFUSED while shutting down, or when ``max_inflight`` queries wait
+``views``             the client's lines and view; a view's upstream group
+``records``           custom records, wildcards, CNAME chains, deny
+``hosts``             hosts files
+``block``             blocklists: NXDOMAIN, REFUSED, null or given addresses, with EDE 15
+``fake_ip``           pool addresses for matching names, PTR back
+``split``             the upstream group of the longest matching suffix
 ``cache``             answers from the cache (serve-stale, prefetch, single flight)
+``fastest``           of several addresses, the one that connects first goes first
 ``forward``           the upstream group's answer, or SERVFAIL
 ====================  =====================================================================
 
-Local records, views, hosts, split DNS, blocklists and fake-IP fit in as further handlers
-between admission and the cache; a view sets ``request.view``, split DNS ``request.group``.
+A view sets ``request.view``, split DNS ``request.group``: the forward handler asks that group.
 """
 
 from __future__ import annotations

@@ -49,5 +49,5 @@ class Forward(Handler):
             return await group.resolve(request)
         except UpstreamFailure as failure:
             self.counters.inc("servfail")
-            log.info("answering SERVFAIL: %s", failure)
+            log.debug("answering SERVFAIL: %s", failure)
             return error_answer(request, SERVFAIL, _UNREACHABLE)

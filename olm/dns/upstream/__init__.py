@@ -1,12 +1,18 @@
 """Upstream resolvers: addresses, transports per scheme, and groups with a policy.
 
-* :mod:`~olm.dns.upstream.address`: ``host[:port]`` and resolv.conf defaults.
+* :mod:`~olm.dns.upstream.address`: URLs (``udp://``, ``tcp://``, ``tls://``, ``https://``,
+  ``quic://``), ``host[:port]``, tables, and resolv.conf defaults.
 * :mod:`~olm.dns.upstream.base`: the outgoing :class:`Query` (RFC 5452 matching) and the
   :class:`Transport` interface every scheme implements.
 * :mod:`~olm.dns.upstream.udp`: UDP from a pool of connected sockets, TCP on TC=1.
-* :mod:`~olm.dns.upstream.tcp`: TCP, one connection per exchange.
-* :mod:`~olm.dns.upstream.group`: an :class:`UpstreamGroup`, its :class:`Policy`, timeout and
-  deadline.
+* :mod:`~olm.dns.upstream.tcp`: TCP, one connection per exchange (the TC=1 retry).
+* :mod:`~olm.dns.upstream.stream`: pipelined TCP and DoT on persistent connections.
+* :mod:`~olm.dns.upstream.doh`, :mod:`~olm.dns.upstream.doq`: DoH (httpx) and DoQ (aioquic).
+* :mod:`~olm.dns.upstream.tls`, :mod:`~olm.dns.upstream.bootstrap`: verifying TLS contexts;
+  the addresses of upstreams given by name.
+* :mod:`~olm.dns.upstream.factory`: the transport for a URL's scheme.
+* :mod:`~olm.dns.upstream.group`, :mod:`~olm.dns.upstream.health`: an
+  :class:`UpstreamGroup`, its :class:`Policy`, timeout, deadline and health records.
 
 Queries leave through the host's own sockets, never through netstack.
 """
@@ -18,6 +24,7 @@ from olm.dns.upstream.address import (
     UpstreamConfigError,
     parse_upstream,
     resolv_conf_upstreams,
+    upstream_from,
 )
 from olm.dns.upstream.base import Query, Transport, UpstreamFailure
 from olm.dns.upstream.group import Policy, UpstreamGroup
@@ -36,4 +43,5 @@ __all__ = [
     "UpstreamGroup",
     "parse_upstream",
     "resolv_conf_upstreams",
+    "upstream_from",
 ]

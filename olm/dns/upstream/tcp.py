@@ -31,6 +31,8 @@ class TcpTransport:
     def __init__(self, upstream: Upstream, counters: Counters) -> None:
         self.upstream = upstream
         self.counters = counters
+        #: Where to connect (the UDP transport sets its bootstrap address for a host name).
+        self.target: tuple[str, int] = (upstream.host, upstream.port)
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def exchange(self, query: Query, timeout: float) -> Answer:
@@ -39,7 +41,7 @@ class TcpTransport:
         wire = query.wire(qid)
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(query.timeout(timeout, loop.time())):
-            reader, writer = await asyncio.open_connection(self.upstream.host, self.upstream.port)
+            reader, writer = await asyncio.open_connection(*self.target)
             self.counters.inc("tcp_connections")
             self._writers.add(writer)
             try:

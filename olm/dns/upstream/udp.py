@@ -17,13 +17,16 @@ import asyncio
 import contextlib
 import secrets
 import socket
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from netstack.counters import Counters
 from olm.dns.answer import Answer
 from olm.dns.upstream.address import Upstream
 from olm.dns.upstream.base import Query, new_id
 from olm.dns.upstream.tcp import TcpTransport
+
+if TYPE_CHECKING:
+    from olm.dns.upstream.bootstrap import Bootstrap
 from olm.dns.wire import WireError
 
 __all__ = ["UdpTransport"]
@@ -61,13 +64,19 @@ class UdpTransport:
         pool_size: int = 128,
         max_uses: int = 100,
         tcp: TcpTransport | None = None,
+        bootstrap: Bootstrap | None = None,
     ) -> None:
         self.upstream = upstream
+        self.bootstrap = bootstrap
+        # Where the sockets connect: the host itself, or (a name) its bootstrap address.
+        self._target: tuple[str, int] | None = (
+            (upstream.host, upstream.port) if upstream.is_ip else None
+        )
         self.counters = counters
         self.pool_size = pool_size
         self.max_uses = max_uses
         self.tcp = tcp if tcp is not None else TcpTransport(upstream, counters)
-        self._family = socket.AF_INET6 if ":" in upstream.host else socket.AF_INET
+
         self._idle: list[_Slot] = []
         self._busy = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -76,11 +85,15 @@ class UdpTransport:
     # -- the pool ------------------------------------------------------------------------
 
     def _open(self) -> _Slot:
-        sock = socket.socket(self._family, socket.SOCK_DGRAM)
+        target = self._target
+        assert target is not None
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in target[0] else socket.AF_INET, socket.SOCK_DGRAM
+        )
         try:
             sock.setblocking(False)
             # Connecting binds the socket to a random ephemeral port chosen by the kernel.
-            sock.connect((self.upstream.host, self.upstream.port))
+            sock.connect(target)
         except OSError:
             sock.close()
             raise
@@ -130,6 +143,11 @@ class UdpTransport:
         if self._closed:
             raise ConnectionError("transport closed")
         loop = self._loop = asyncio.get_running_loop()
+        if self._target is None:
+            if self.bootstrap is None:
+                raise OSError(f"{self.upstream}: a host name needs bootstrap resolvers")
+            address = (await self.bootstrap.lookup(self.upstream.host))[0]
+            self._target = self.tcp.target = (address, self.upstream.port)
         slot = self._acquire()
         slot.uses += 1
         slot.qid = qid = new_id()

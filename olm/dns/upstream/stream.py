@@ -1,0 +1,299 @@
+"""DNS over TCP and over TLS to one upstream, on a few persistent, pipelined connections.
+
+RFC 7766 (TCP) and RFC 7858 (TLS): a small pool of connections is kept open and reused; each
+carries many queries at once, each with its own ID, answered in any order and matched by ID and
+question (RFC 7766 section 6.2.1.1). A connection idle for ``idle_timeout`` is closed (section
+6.2.3). When the server closes a connection or it fails mid-stream, the queries waiting on it
+are sent again on a fresh connection, with a fresh ID, within their deadline: never lost, and
+never answered twice (a query is one Future, settled once).
+
+TLS is verified (certificate and name, TLS 1.2 or later: :mod:`olm.dns.upstream.tls`) and a
+reconnect resumes the last session. A connection may go through a SOCKS5 proxy (python-socks).
+A failed verification is counted apart and is a failed try: never a fall back to plaintext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import Final
+
+from netstack.counters import Counters
+from olm.dns.answer import Answer
+from olm.dns.upstream.address import Upstream
+from olm.dns.upstream.base import Query, new_id
+from olm.dns.upstream.bootstrap import Bootstrap
+from olm.dns.upstream.tls import ResumingContext, client_context, is_verification_error
+from olm.dns.wire import U16, WireError
+
+__all__ = ["ConnectionLost", "StreamTransport"]
+
+log = logging.getLogger("olm.dns.upstream")
+
+#: Times in a row a query is sent again on connections that died without answering anything:
+#: a server that accepts and closes at once is given up on, one that answers some and closes
+#: (a connection limit, RFC 7766 section 6.2.3) is followed for as long as the deadline allows.
+_FRUITLESS: Final = 3
+
+
+class ConnectionLost(ConnectionError):
+    """The connection a query waited on is gone; the query may be sent again."""
+
+
+class _Connection:
+    """One open connection and the queries waiting on it, by ID."""
+
+    def __init__(
+        self,
+        transport: StreamTransport,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.transport = transport
+        self.reader = reader
+        self.writer = writer
+        self.pending: dict[int, tuple[Query, asyncio.Future[Answer]]] = {}
+        self.closed = False
+        self.loop = asyncio.get_running_loop()
+        self.last_used = self.loop.time()
+        self.remembered = False
+        self.answered = 0
+        self.task = asyncio.ensure_future(self._read())
+
+    def send(self, query: Query) -> asyncio.Future[Answer]:
+        """Write ``query`` with an ID no other waiting query of this connection has."""
+        qid = new_id()
+        while qid in self.pending:
+            qid = new_id()
+        future: asyncio.Future[Answer] = self.loop.create_future()
+        self.pending[qid] = (query, future)
+        wire = query.wire(qid)
+        self.writer.write(U16.pack(len(wire)) + wire)  # one write: messages never interleave
+        self.last_used = self.loop.time()
+        return future
+
+    def forget(self, qid_future: asyncio.Future[Answer]) -> None:
+        """Stop waiting for the query of ``qid_future`` (its try ended another way)."""
+        for qid, (_, future) in list(self.pending.items()):
+            if future is qid_future:
+                del self.pending[qid]
+
+    async def _read(self) -> None:
+        counters = self.transport.counters
+        reader = self.reader
+        try:
+            while True:
+                (length,) = U16.unpack(await reader.readexactly(2))
+                data = await reader.readexactly(length)
+                self.last_used = self.loop.time()
+                if not self.remembered:
+                    self.transport.remember(self.writer)
+                    self.remembered = True
+                if len(data) < 12:
+                    counters.inc("malformed_ignored")
+                    continue
+                qid = (data[0] << 8) | data[1]
+                waiting = self.pending.get(qid)
+                if waiting is None:
+                    counters.inc("late_ignored")
+                    continue
+                query, future = waiting
+                if not query.matches(data, qid):
+                    counters.inc("spoofed_ignored")
+                    continue
+                try:
+                    answer = query.answer(data)
+                except WireError:
+                    counters.inc("malformed_ignored")
+                    continue
+                del self.pending[qid]
+                self.answered += 1
+                if not future.done():
+                    future.set_result(answer)
+        except (asyncio.IncompleteReadError, OSError):
+            pass  # closed by the server, or failed: the waiting queries go elsewhere
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection; queries still waiting learn it (ConnectionLost)."""
+        if self.closed:
+            return
+        self.closed = True
+        pending, self.pending = self.pending, {}
+        for _, future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost("the upstream connection closed"))
+                future.exception()  # seen, also if nobody awaits it any more
+        self.writer.transport.abort()
+        if asyncio.current_task() is not self.task:
+            self.task.cancel()
+        self.transport.dropped(self)
+
+
+class StreamTransport:
+    """Pipelined TCP or TLS exchanges with one upstream over a few persistent connections.
+
+    Counters (on the node given): ``tcp_connections`` or ``tls_connections``, ``tls_resumed``,
+    ``tls_verify_failed``, ``resent`` (queries sent again after their connection died),
+    ``idle_closed``, and ``spoofed_ignored``, ``malformed_ignored``, ``late_ignored``.
+    """
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        counters: Counters,
+        *,
+        bootstrap: Bootstrap | None = None,
+        connections: int = 2,
+        idle_timeout: float = 30.0,
+    ) -> None:
+        if upstream.scheme not in ("tcp", "tls", "udp"):
+            raise ValueError(f"{upstream}: not a TCP or TLS upstream")
+        self.upstream = upstream
+        self.counters = counters
+        self.bootstrap = bootstrap
+        self.max_connections = connections
+        self.idle_timeout = idle_timeout
+        self.tls = upstream.scheme == "tls"
+        # RFC 7858 section 3.2 and RFC 9461: ALPN "dot"; servers that know no ALPN ignore it.
+        self.context: ssl.SSLContext | None = (
+            client_context(upstream.ca_file, ["dot"], resuming=True) if self.tls else None
+        )
+        self._connections: list[_Connection] = []
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def _open(self, timeout: float) -> _Connection:
+        upstream = self.upstream
+        host = upstream.host
+        if not upstream.is_ip:
+            if self.bootstrap is None:
+                raise OSError(f"{upstream}: a host name needs bootstrap resolvers")
+            host = (await self.bootstrap.lookup(upstream.host))[0]
+        server_name = upstream.tls_name if self.tls else None
+        async with asyncio.timeout(timeout):
+            try:
+                if upstream.socks5:
+                    from python_socks.async_.asyncio import Proxy
+
+                    proxy = Proxy.from_url(upstream.socks5)
+                    sock = await proxy.connect(dest_host=host, dest_port=upstream.port)
+                    reader, writer = await asyncio.open_connection(
+                        sock=sock, ssl=self.context, server_hostname=server_name
+                    )
+                else:
+                    reader, writer = await asyncio.open_connection(
+                        host, upstream.port, ssl=self.context, server_hostname=server_name
+                    )
+            except OSError as exc:
+                if is_verification_error(exc):
+                    self.counters.inc("tls_verify_failed")
+                    log.warning("upstream %s: certificate not accepted: %s", upstream, exc)
+                raise
+        self.counters.inc("tls_connections" if self.tls else "tcp_connections")
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.session_reused:
+            self.counters.inc("tls_resumed")
+        connection = _Connection(self, reader, writer)
+        self._connections.append(connection)
+        self._arm_idle()
+        return connection
+
+    def remember(self, writer: asyncio.StreamWriter) -> None:
+        """Keep a connection's TLS session for the next one (RFC 8446 2.2)."""
+        context = self.context
+        ssl_object = writer.get_extra_info("ssl_object")
+        if isinstance(context, ResumingContext) and ssl_object is not None:
+            context.remember(self.upstream.tls_name, ssl_object)
+
+    def dropped(self, connection: _Connection) -> None:
+        """Forget a connection that closed: it is no longer chosen."""
+        if connection in self._connections:
+            self._connections.remove(connection)
+
+    async def _connection(self, timeout: float) -> _Connection:
+        """Return an open connection: the least busy, or a new one while the pool has room."""
+        open_ones = [c for c in self._connections if not c.closed]
+        if open_ones:
+            best = min(open_ones, key=lambda c: len(c.pending))
+            if not best.pending or len(open_ones) >= self.max_connections:
+                return best
+        if self._connecting is not None:  # one connect at a time: the others share it
+            return await asyncio.shield(self._connecting)
+        self._connecting = asyncio.ensure_future(self._open(timeout))
+        try:
+            return await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    def _arm_idle(self) -> None:
+        if self._idle_timer is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(self.idle_timeout / 2, self._close_idle)
+
+    def _close_idle(self) -> None:
+        """Close connections with nothing waiting for ``idle_timeout`` (RFC 7766 6.2.3)."""
+        self._idle_timer = None
+        now = asyncio.get_running_loop().time()
+        for connection in list(self._connections):
+            if not connection.pending and now - connection.last_used >= self.idle_timeout:
+                self.counters.inc("idle_closed")
+                connection.close()
+        if self._connections:
+            self._arm_idle()
+
+    # -- one exchange -----------------------------------------------------------------------
+
+    async def exchange(self, query: Query, timeout: float) -> Answer:
+        """Ask once; sent again on a fresh connection if the connection dies before the answer.
+
+        Raises TimeoutError at the try's timeout (cut to the query's deadline), OSError when
+        no connection can be made (a failed certificate check included).
+        """
+        if self._closed:
+            raise ConnectionError("transport closed")
+        loop = asyncio.get_running_loop()
+        until = loop.time() + query.timeout(timeout, loop.time())
+        fruitless = 0
+        while True:
+            left = until - loop.time()
+            if left <= 0:
+                raise TimeoutError
+            connection = await self._connection(left)
+            try:
+                future = connection.send(query)
+            except (OSError, RuntimeError) as exc:  # the transport closed under us
+                connection.close()
+                fruitless += 1
+                if fruitless > _FRUITLESS:
+                    raise ConnectionLost(str(exc)) from None
+                continue
+            try:
+                async with asyncio.timeout_at(until):
+                    return await asyncio.shield(future)
+            except ConnectionLost:
+                fruitless = 0 if connection.answered else fruitless + 1
+                if fruitless > _FRUITLESS:
+                    raise
+                self.counters.inc("resent")
+            finally:
+                if not future.done():
+                    connection.forget(future)
+                    future.cancel()
+
+    def close(self) -> None:
+        """Close every connection; queries waiting on them fail."""
+        self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        for connection in list(self._connections):
+            with contextlib.suppress(Exception):
+                connection.close()
