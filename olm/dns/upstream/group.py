@@ -112,6 +112,10 @@ class UpstreamGroup:
         # names holding dots (addresses, split suffixes) still read back with Counters.get.
         self._events = counters.child("health")
         self._next = 0
+        #: The indexes of the upstreams not down (all of them when all are down), kept as
+        #: health changes so that choosing costs no scan per query.
+        self._all = list(range(len(self.transports)))
+        self._usable = self._all
         self._queries = 0
         self._explored = 0
         self._prober: asyncio.Task[None] | None = None
@@ -163,10 +167,7 @@ class UpstreamGroup:
 
     def _order(self) -> list[int]:
         """Return the indexes of the transports to try, in the order the policy gives."""
-        health = self.health
-        usable = [i for i, h in enumerate(health) if not h.down]
-        if not usable:
-            usable = list(range(len(health)))  # all down: try them all rather than none
+        usable = self._usable
         policy = self.policy
         if policy is Policy.ROUND_ROBIN:
             start = self._next % len(usable)
@@ -247,6 +248,9 @@ class UpstreamGroup:
     # -- health --------------------------------------------------------------------------
 
     def _event(self, index: int, event: str) -> None:
+        if event in ("marked_down", "marked_up"):
+            up = [i for i, h in enumerate(self.health) if not h.down]
+            self._usable = up or self._all  # all down: try them all rather than none
         self.counters.inc(event)
         self._events.inc(f"{self.name}.{self.health[index].url}.{event}")
 

@@ -24,10 +24,10 @@ from olm.dns.answer import Answer
 from olm.dns.upstream.address import Upstream
 from olm.dns.upstream.base import Query, new_id
 from olm.dns.upstream.tcp import TcpTransport
+from olm.dns.wire import WireError
 
 if TYPE_CHECKING:
     from olm.dns.upstream.bootstrap import Bootstrap
-from olm.dns.wire import WireError
 
 __all__ = ["UdpTransport"]
 
@@ -76,7 +76,6 @@ class UdpTransport:
         self.pool_size = pool_size
         self.max_uses = max_uses
         self.tcp = tcp if tcp is not None else TcpTransport(upstream, counters)
-
         self._idle: list[_Slot] = []
         self._busy = 0
         self._loop: asyncio.AbstractEventLoop | None = None
