@@ -60,6 +60,7 @@ class _Connection:
         self.last_used = self.loop.time()
         self.remembered = False
         self.answered = 0
+        self._out: list[bytes] = []  # messages written this event-loop turn, sent together
         self.task = asyncio.ensure_future(self._read())
 
     def send(self, query: Query) -> asyncio.Future[Answer]:
@@ -70,9 +71,20 @@ class _Connection:
         future: asyncio.Future[Answer] = self.loop.create_future()
         self.pending[qid] = (query, future)
         wire = query.wire(qid)
-        self.writer.write(U16.pack(len(wire)) + wire)  # one write: messages never interleave
+        out = self._out
+        if not out:
+            self.loop.call_soon(self._flush)
+        out.append(U16.pack(len(wire)))
+        out.append(wire)
         self.last_used = self.loop.time()
         return future
+
+    def _flush(self) -> None:
+        """Write the messages of this turn at once: one TLS record and one send for a burst."""
+        out = self._out
+        if out and not self.closed:
+            self.writer.write(b"".join(out))
+        out.clear()
 
     def forget(self, qid_future: asyncio.Future[Answer]) -> None:
         """Stop waiting for the query of ``qid_future`` (its try ended another way)."""
@@ -81,41 +93,57 @@ class _Connection:
                 del self.pending[qid]
 
     async def _read(self) -> None:
-        counters = self.transport.counters
         reader = self.reader
+        buffer = bytearray()
         try:
             while True:
-                (length,) = U16.unpack(await reader.readexactly(2))
-                data = await reader.readexactly(length)
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return  # closed by the server: the waiting queries go elsewhere
+                buffer += chunk
                 self.last_used = self.loop.time()
                 if not self.remembered:
                     self.transport.remember(self.writer)
                     self.remembered = True
-                if len(data) < 12:
-                    counters.inc("malformed_ignored")
-                    continue
-                qid = (data[0] << 8) | data[1]
-                waiting = self.pending.get(qid)
-                if waiting is None:
-                    counters.inc("late_ignored")
-                    continue
-                query, future = waiting
-                if not query.matches(data, qid):
-                    counters.inc("spoofed_ignored")
-                    continue
-                try:
-                    answer = query.answer(data)
-                except WireError:
-                    counters.inc("malformed_ignored")
-                    continue
-                del self.pending[qid]
-                self.answered += 1
-                if not future.done():
-                    future.set_result(answer)
-        except (asyncio.IncompleteReadError, OSError):
-            pass  # closed by the server, or failed: the waiting queries go elsewhere
+                # Every whole message in the buffer (RFC 1035 4.2.2: a two-byte length first).
+                start = 0
+                while len(buffer) - start >= 2:
+                    length = (buffer[start] << 8) | buffer[start + 1]
+                    end = start + 2 + length
+                    if end > len(buffer):
+                        break
+                    self._received(bytes(buffer[start + 2 : end]))
+                    start = end
+                del buffer[:start]
+        except OSError:
+            pass  # failed: the waiting queries go elsewhere
         finally:
             self.close()
+
+    def _received(self, data: bytes) -> None:
+        """Settle the query ``data`` answers; count and ignore anything else."""
+        counters = self.transport.counters
+        if len(data) < 12:
+            counters.inc("malformed_ignored")
+            return
+        qid = (data[0] << 8) | data[1]
+        waiting = self.pending.get(qid)
+        if waiting is None:
+            counters.inc("late_ignored")
+            return
+        query, future = waiting
+        if not query.matches(data, qid):
+            counters.inc("spoofed_ignored")
+            return
+        try:
+            answer = query.answer(data)
+        except WireError:
+            counters.inc("malformed_ignored")
+            return
+        del self.pending[qid]
+        self.answered += 1
+        if not future.done():
+            future.set_result(answer)
 
     def close(self) -> None:
         """Close the connection; queries still waiting learn it (ConnectionLost)."""
