@@ -66,13 +66,9 @@ class KernelService(DnsService):
 
     async def start(self) -> None:
         """Bind UDP and TCP on every listen address; an address in use is a StartupError."""
-        loop = asyncio.get_running_loop()
         try:
             for host, port in listen_addresses(self.settings.listen):
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: KernelUdpServer(self.engine), local_addr=(host, port)
-                )
-                self._datagram.append(transport)
+                self._datagram.append(KernelUdpServer(self.engine, host, port))
                 server = await asyncio.start_server(
                     self.tcp.handle_connection,
                     host,

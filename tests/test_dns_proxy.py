@@ -394,10 +394,8 @@ def test_udp_protocol_on_kernel_loopback() -> None:
         counters = Counters("dns")
         engine = make_engine([up], counters)
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: KernelUdpServer(engine), local_addr=(LOOPBACK, 0)
-        )
-        server = transport.get_extra_info("sockname")
+        frontend = KernelUdpServer(engine, LOOPBACK, 0)
+        server = frontend.address
         got: asyncio.Queue[bytes] = asyncio.Queue()
 
         class Client(asyncio.DatagramProtocol):
@@ -417,8 +415,16 @@ def test_udp_protocol_on_kernel_loopback() -> None:
         assert counters.get("sanitise.dropped.unreadable") == 1
         assert counters.get("sanitise.formerr") == 1
         assert counters.get("rcode.NOERROR") == 2
+        # A burst larger than one wake-up's batch: every query answered.
+        for i in range(200):
+            client.sendto(client_query(f"burst{i}.example"))
+        answers = [await got.get() for _ in range(200)]
+        assert {str(DNSRecord.parse(a).q.qname) for a in answers} == {
+            f"burst{i}.example." for i in range(200)
+        }
+        assert counters.get("queries.udp") == 204
         client.close()
-        transport.close()
+        frontend.close()
         await engine.close()
 
     run(main())

@@ -2,7 +2,7 @@
 
 * :class:`StackUdpServer`: DNS over UDP on a netstack endpoint. The stack calls it from its
   receive path with packed addresses; a cache hit is answered before that call returns.
-* :class:`KernelUdpServer`: the same on a kernel socket (``loop.create_datagram_endpoint``).
+* :class:`KernelUdpServer`: the same on a kernel socket, drained in batches.
 * :func:`tcp_server`: DNS over TCP (RFC 7766) for any listener that hands out asyncio
   reader/writer pairs: netstack's ``start_server`` and asyncio's.
 
@@ -86,44 +86,59 @@ def _packed(host: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
 
 
-class KernelUdpServer(asyncio.DatagramProtocol):
-    """Serves DNS over UDP on a kernel socket: the protocol for ``create_datagram_endpoint``.
+class KernelUdpServer:
+    """Serves DNS over UDP on a kernel socket bound to ``host``:``port``.
 
-    The local address is the one the socket is bound to (the wildcard when bound to one).
-    Counters as :class:`StackUdpServer`.
+    The socket is watched with ``add_reader`` and drained when readable, up to ``batch``
+    datagrams a wake-up, as the TUN endpoint is: a burst costs one event-loop turn, not one per
+    query (asyncio's datagram transport reads one datagram a turn). Replies are sent at once
+    with ``sendto``; a reply the kernel will not take (its buffer full) is dropped and counted,
+    as the network would drop it. The local address is the bound one (the wildcard when bound
+    to one). Counters as :class:`StackUdpServer`, plus ``send_error``.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, host: str, port: int, *, batch: int = 64) -> None:
         self.engine = engine
         self.counters = engine.counters
         self._queries = engine.counters.child("queries").values
-        self.transport: asyncio.DatagramTransport | None = None
-        self._local = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Remember the transport replies are sent through, and its local address."""
-        # Not an isinstance check: the kernel's selector transport is not a DatagramTransport
-        # subclass on Python 3.11, although it has the same methods.
-        self.transport = transport  # type: ignore[assignment]
-        sockname = transport.get_extra_info("sockname")
-        if sockname:
-            self._local = _packed(sockname[0])
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        """Answer one datagram (at once when the chain can)."""
-        queries = self._queries
-        queries[UDP] = queries.get(UDP, 0) + 1
+        self.batch = batch
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            client = _packed(addr[0])
-        except (OSError, ValueError, TypeError, IndexError):
-            client = b""
-        out = self.engine.handle(Request(data, client, addr[1], self._local, UDP))
-        if out is None:
-            return
-        if out.__class__ is bytes:
-            self._send(out, addr)
-        else:
-            self.engine.spawn(self._later(out, addr))  # type: ignore[arg-type]
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setblocking(False)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.address: tuple[str, int] = sock.getsockname()[:2]
+        self._local = _packed(self.address[0])
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
+        self.closed = False
+
+    def _readable(self) -> None:
+        """Answer every datagram waiting, up to ``batch`` (at once when the chain can)."""
+        sock, engine, local = self.sock, self.engine, self._local
+        queries = self._queries
+        for _ in range(self.batch):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # an ICMP error about an earlier reply (Linux reports it here)
+                self.counters.inc("icmp_error")
+                continue
+            queries[UDP] = queries.get(UDP, 0) + 1
+            out = engine.handle(Request(data, _packed(addr[0]), addr[1], local, UDP))
+            if out is None:
+                continue
+            if out.__class__ is bytes:
+                self._send(out, addr)
+            else:
+                engine.spawn(self._later(out, addr))  # type: ignore[arg-type]
 
     async def _later(self, pending: Coroutine[Any, Any, bytes | None], addr: Any) -> None:
         out = await pending
@@ -131,15 +146,21 @@ class KernelUdpServer(asyncio.DatagramProtocol):
             self._send(out, addr)
 
     def _send(self, data: bytes, addr: Any) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
+        if self.closed:
             self.counters.inc("dropped.closing")
             return
-        transport.sendto(data, addr)
+        try:
+            self.sock.sendto(data, addr)
+        except OSError as exc:
+            self.counters.inc("send_error")
+            log.debug("could not send a reply: %s", exc)
 
-    def error_received(self, exc: Exception) -> None:
-        """Count an ICMP error about an earlier reply; there is nothing else to do."""
-        self.counters.inc("icmp_error")
+    def close(self) -> None:
+        """Stop receiving and close the socket; answers still on their way are dropped."""
+        if not self.closed:
+            self.closed = True
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
 
 
 def tcp_server(engine: Engine, **limits: Any) -> TcpServer:
