@@ -1,7 +1,10 @@
 """DoH and DoQ upstream transports against servers started on 127.0.0.1 by the tests.
 
 DoH: unbound (https-port) answering a local zone; a TLS HTTP/1.1 server from http.server for
-what unbound does not do (HTTP errors, wrong content types, slow answers, the request's shape).
+what unbound does not do (HTTP errors, wrong content types, slow answers, the request's shape);
+an HTTP/2 server built on h2 for the HTTP/2 cases unbound cannot be made to show (a small stream
+limit, refused and reset streams, GOAWAY or a dropped connection mid-burst, flow control, what
+a timeout and an idle connection send).
 DoQ: an aioquic server answering each stream from a small zone. Certificates come from a test CA
 (trustme); the server certificates name ``dns.test`` only, so a client must verify that name
 while it connects to 127.0.0.1.
@@ -28,7 +31,20 @@ from aioquic.asyncio.server import QuicServer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.tls import SessionTicket
-from dnslib import QTYPE, RR, A, DNSRecord
+from dnslib import QTYPE, RR, TXT, A, DNSRecord
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError as H2ProtocolError
+from h2.settings import SettingCodes
 
 from netstack.counters import Counters
 from olm.dns.answer import Answer
@@ -207,6 +223,235 @@ def http_doh(tls: Tls) -> Iterator[HttpDoh]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# -- an HTTP/2 server (h2) for what unbound does not do -----------------------------------
+
+
+@dataclass
+class H2Doh:
+    """A DoH server over HTTP/2 (h2 on asyncio, ALPN h2) answering from the test zone.
+
+    ``max_streams`` is its SETTINGS_MAX_CONCURRENT_STREAMS: a stream over it is refused
+    (REFUSED_STREAM, RFC 9113 section 5.1.2), and so are the first ``refuse_first`` streams of
+    the first connection. ``window`` is its SETTINGS_INITIAL_WINDOW_SIZE (the request bodies it
+    lets in at once). ``delay`` holds each answer that long. With ``end_after``, the first
+    connection ends at the request after that many answers: ``end`` ``goaway`` (GOAWAY naming
+    the last stream answered, then close) or ``drop`` (the connection aborted, no GOAWAY). Names:
+    ``hold.example.test`` is never answered, ``reset.example.test`` gets its stream reset
+    (INTERNAL_ERROR), ``big.example.test`` gets an answer of about 8 KB.
+    """
+
+    files: ServerFiles
+    max_streams: int = 100
+    window: int = 65535
+    delay: float = 0.0
+    refuse_first: int = 0
+    end_after: int | None = None
+    end: str = "goaway"
+    port: int = 0
+    connections: int = 0
+    #: (connection, stream, name) of every answer sent
+    answered: list[tuple[int, int, str]] = field(default_factory=list)
+    #: the request headers of each stream, by (connection, stream)
+    requests: dict[tuple[int, int], dict[bytes, bytes]] = field(default_factory=dict)
+    #: DATA frames each request body came in, by (connection, stream)
+    data_frames: dict[tuple[int, int], int] = field(default_factory=dict)
+    refused: int = 0
+    peak: int = 0  # the most streams it had open at once
+    resets: list[tuple[int, int, int]] = field(default_factory=list)  # RST_STREAMs received
+    goaways: list[int] = field(default_factory=list)  # error codes of GOAWAYs received
+    protocol_errors: int = 0
+    _server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.files.cert, self.files.key)
+        context.set_alpn_protocols(["h2"])
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, "127.0.0.1", 0, ssl=context)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    def _protocol(self) -> _H2DohProtocol:
+        self.connections += 1
+        return _H2DohProtocol(self, self.connections)
+
+    def names(self) -> list[str]:
+        return sorted(name for _, _, name in self.answered)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def big_reply(query: DNSRecord) -> DNSRecord:
+    reply = query.reply()
+    for i in range(32):
+        reply.add_answer(RR(query.q.qname, QTYPE.TXT, rdata=TXT(f"{i:03d}" + "x" * 240), ttl=60))
+    return reply
+
+
+class _H2DohProtocol(asyncio.Protocol):
+    def __init__(self, server: H2Doh, number: int) -> None:
+        self.server = server
+        self.number = number
+        self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.open: set[int] = set()
+        self.bodies: dict[int, bytearray] = {}
+        self.unsent: dict[int, bytes] = {}
+        self.answers = 0
+        self.last_answered = 0
+        self.ended = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.h2.initiate_connection()
+        self.h2.update_settings(
+            {
+                SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_streams,
+                SettingCodes.INITIAL_WINDOW_SIZE: self.server.window,
+            }
+        )
+        self._write()
+
+    def _write(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.ended:
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended:
+            return
+        server = self.server
+        try:
+            events = self.h2.receive_data(data)
+        except H2ProtocolError:
+            server.protocol_errors += 1
+            self._write()
+            self.ended = True
+            assert self.transport is not None
+            self.transport.close()
+            return
+        for event in events:
+            key = (self.number, getattr(event, "stream_id", 0))
+            if isinstance(event, RequestReceived):
+                refuse = self.number == 1 and server.refused < server.refuse_first
+                if refuse or len(self.open) >= server.max_streams:
+                    server.refused += 1
+                    self.h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
+                    continue
+                self.open.add(event.stream_id)
+                server.peak = max(server.peak, len(self.open))
+                server.requests[key] = dict(event.headers)  # type: ignore[arg-type]
+                self.bodies[event.stream_id] = bytearray()
+            elif isinstance(event, DataReceived):
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if event.stream_id in self.bodies:
+                    self.bodies[event.stream_id] += event.data
+                    server.data_frames[key] = server.data_frames.get(key, 0) + 1
+            elif isinstance(event, StreamEnded) and event.stream_id in self.open:
+                self._request(event.stream_id)
+            elif isinstance(event, StreamReset):
+                server.resets.append((self.number, event.stream_id, int(event.error_code)))
+                self.open.discard(event.stream_id)
+                self.unsent.pop(event.stream_id, None)
+            elif isinstance(event, ConnectionTerminated):
+                server.goaways.append(int(event.error_code or 0))
+            elif isinstance(event, WindowUpdated):
+                self._pump()
+            if self.ended:
+                return
+        self._write()
+
+    def _request(self, stream_id: int) -> None:
+        headers = self.server.requests[(self.number, stream_id)]
+        if headers[b":method"] == b"GET":
+            (dns,) = parse_qs(urlsplit(headers[b":path"].decode()).query)["dns"]
+            message = base64.urlsafe_b64decode(dns + "=" * (-len(dns) % 4))
+        else:
+            message = bytes(self.bodies.pop(stream_id))
+        query = DNSRecord.parse(message)
+        if self.server.delay:
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.server.delay, self._answer_later, stream_id, query)
+        else:
+            self._answer(stream_id, query)
+
+    def _answer_later(self, stream_id: int, query: DNSRecord) -> None:
+        if not self.ended:
+            self._answer(stream_id, query)
+            self._write()
+
+    def _answer(self, stream_id: int, query: DNSRecord) -> None:
+        server = self.server
+        assert self.transport is not None
+        if stream_id not in self.open:
+            return  # reset by the client meanwhile
+        if self.number == 1 and server.end_after is not None and self.answers >= server.end_after:
+            if server.end == "goaway":
+                self.h2.close_connection(last_stream_id=self.last_answered)
+                self._write()
+                self.transport.close()
+            else:  # the answers given go out first
+                self._write()
+                asyncio.get_running_loop().call_later(0.05, self.transport.abort)
+            self.ended = True
+            return
+        name = str(query.q.qname).lower().rstrip(".")
+        if name == "hold.example.test":
+            return
+        reply = big_reply(query) if name == "big.example.test" else zone_reply(query)
+        body = bytes(reply.pack())
+        headers = [
+            (b":status", b"200"),
+            (b"content-type", b"application/dns-message"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        try:
+            if name == "reset.example.test":
+                self.open.discard(stream_id)
+                self.h2.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
+                return
+            self.h2.send_headers(stream_id, headers)
+        except H2ProtocolError:  # reset by the client in the same read as the request
+            self.open.discard(stream_id)
+            return
+        self.unsent[stream_id] = body
+        self.answers += 1
+        self.last_answered = stream_id
+        server.answered.append((self.number, stream_id, name))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send the answers' bodies as flow control allows (RFC 9113 section 6.9)."""
+        for stream_id, body in list(self.unsent.items()):
+            try:
+                while body:
+                    window = self.h2.local_flow_control_window(stream_id)
+                    room = min(window, self.h2.max_outbound_frame_size)
+                    if room <= 0:
+                        break
+                    chunk, body = body[:room], body[room:]
+                    self.h2.send_data(stream_id, chunk, end_stream=not body)
+            except H2ProtocolError:  # reset by the client meanwhile
+                body = b""
+            if body:
+                self.unsent[stream_id] = body
+            else:
+                del self.unsent[stream_id]
+                self.open.discard(stream_id)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+
+
+async def h2_pair(tls: Tls, **options: Any) -> tuple[H2Doh, int]:
+    """Start an H2Doh server with ``options``; return it and its port."""
+    server = H2Doh(tls.named, **options)
+    return server, await server.start()
 
 
 # -- an aioquic DoQ server ----------------------------------------------------------------
@@ -474,6 +719,32 @@ def test_doh_request_shape_post_and_get(http_doh: HttpDoh, tls: Tls) -> None:
     assert base64.urlsafe_b64decode(dns + "=" * (-len(dns) % 4)) == post.message
 
 
+def test_doh_http1_keeps_its_connection_and_replaces_one_given_up_on(
+    http_doh: HttpDoh, tls: Tls
+) -> None:
+    # HTTP/1.1 (the server offers no h2): one connection for requests one after another; a
+    # request that times out cannot be abandoned on its connection, which is closed.
+    async def scenario() -> None:
+        counters = Counters()
+        transport = DohTransport(doh_upstream(http_doh.port, tls.ca), counters)
+        for _ in range(3):
+            await transport.exchange(make_query(), 2.0)
+        assert counters.get("doh.connections") == 1
+        http_doh.mode = "slow"
+        with pytest.raises(TimeoutError):
+            await transport.exchange(make_query(), 0.3)
+        http_doh.mode = "answer"
+        answer = await transport.exchange(make_query(), 2.0)
+        await transport.aclose()
+        assert addresses(answer) == [WWW_ADDRESS]
+        assert counters.get("doh.cancelled") == 1
+        assert counters.get("doh.connections") == 2
+        assert counters.get("doh.http1") == 4
+        assert counters.get("tls_resumed") == 1  # the second resumed the first's TLS session
+
+    asyncio.run(scenario())
+
+
 def test_doh_trusts_ssl_cert_file_without_ca_file(
     unbound: int, tls: Tls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -588,6 +859,189 @@ def test_doh_through_socks5(unbound: int, tls: Tls) -> None:
         assert addresses(answer) == [WWW_ADDRESS]
         assert targets == [("127.0.0.1", unbound)]
         assert counters.get("doh.http2") == 1
+
+    asyncio.run(scenario())
+
+
+# -- DoH over HTTP/2 against the h2 server ------------------------------------------------
+
+
+def test_doh_http2_request_shape(tls: Tls) -> None:
+    # What exactly the server gets over HTTP/2, POST then GET, on one connection each.
+    async def scenario() -> None:
+        server, port = await h2_pair(tls)
+        counters = Counters()
+        for method in ("POST", "GET"):
+            transport = DohTransport(doh_upstream(port, tls.ca, method=method), counters)
+            answer = await transport.exchange(make_query("WWW.Example.TEST"), 2.0)
+            assert addresses(answer) == [WWW_ADDRESS]
+            await transport.aclose()
+        server.close()
+        assert counters.get("doh.http2") == 2
+        assert counters.get("doh.connections") == server.connections == 2
+        post, get = server.requests[(1, 1)], server.requests[(2, 1)]
+        for headers in (post, get):
+            assert headers[b":authority"] == f"{SERVER_NAME}:{port}".encode()
+            assert headers[b":scheme"] == b"https"
+            assert headers[b"accept"] == b"application/dns-message"
+            assert b"user-agent" not in headers and b"cookie" not in headers
+        assert post[b":method"] == b"POST" and post[b":path"] == b"/dns-query"
+        assert post[b"content-type"] == b"application/dns-message"
+        assert get[b":method"] == b"GET"
+        dns = get[b":path"].removeprefix(b"/dns-query?dns=")
+        assert b"=" not in dns  # base64url without padding (RFC 8484 section 4.1.1)
+        assert (
+            DNSRecord.parse(base64.urlsafe_b64decode(dns + b"=" * (-len(dns) % 4))).header.id == 0
+        )
+        assert server.goaways == [0, 0]  # each connection closed with GOAWAY NO_ERROR
+
+    asyncio.run(scenario())
+
+
+def test_doh_more_concurrent_queries_than_the_server_takes_share_one_connection(
+    tls: Tls,
+) -> None:
+    # The server takes 4 streams at once (SETTINGS_MAX_CONCURRENT_STREAMS) and answers each after
+    # 50 ms. A cold burst may run ahead of the server's SETTINGS: the streams it refuses are
+    # sent again. Once the SETTINGS are known, the queries over the limit wait for a stream.
+    async def scenario() -> None:
+        server, port = await h2_pair(tls, max_streams=4, delay=0.05)
+        counters = Counters()
+        transport = DohTransport(doh_upstream(port, tls.ca), counters)
+        names = [f"n{i}.example.test" for i in range(1, 41)]
+        cold = await asyncio.gather(*(transport.exchange(make_query(n), 5.0) for n in names))
+        refused = server.refused
+        warm = await asyncio.gather(*(transport.exchange(make_query(n), 5.0) for n in names))
+        await transport.aclose()
+        server.close()
+        expected = [[f"192.0.2.{i}"] for i in range(1, 41)]
+        assert [addresses(a) for a in cold] == [addresses(a) for a in warm] == expected
+        assert counters.get("doh.connections") == server.connections == 1
+        assert server.protocol_errors == 0  # never more streams than the SETTINGS allow
+        assert server.peak == 4
+        assert server.refused == refused == counters.get("doh.refused")  # none once known
+        assert counters.get("doh.queued") >= 40 - 4
+        assert server.names() == sorted(names * 2)  # each query answered once
+        assert counters.get("doh.responses") == 80
+
+    asyncio.run(scenario())
+
+
+def test_doh_refused_streams_are_sent_again(tls: Tls) -> None:
+    async def scenario() -> None:
+        server, port = await h2_pair(tls, refuse_first=3)
+        counters = Counters()
+        transport = DohTransport(doh_upstream(port, tls.ca), counters)
+        names = [f"n{i}.example.test" for i in range(1, 6)]
+        answers = await asyncio.gather(*(transport.exchange(make_query(n), 3.0) for n in names))
+        await transport.aclose()
+        server.close()
+        assert [addresses(a) for a in answers] == [[f"192.0.2.{i}"] for i in range(1, 6)]
+        assert counters.get("doh.refused") == counters.get("doh.resent") == 3
+        assert server.names() == sorted(names)
+        assert counters.get("doh.connections") == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("end", ["goaway", "drop"])
+def test_doh_connection_ending_mid_burst_answers_every_query_once(tls: Tls, end: str) -> None:
+    # The first connection answers 4 queries of a burst of 12, then sends GOAWAY and closes (or
+    # is dropped): the 8 not answered are sent again on a second connection.
+    async def scenario() -> None:
+        server, port = await h2_pair(tls, end_after=4, end=end)
+        counters = Counters()
+        transport = DohTransport(doh_upstream(port, tls.ca), counters)
+        names = [f"n{i}.example.test" for i in range(1, MANY + 1)]
+        answers = await asyncio.gather(*(transport.exchange(make_query(n), 3.0) for n in names))
+        await transport.aclose()
+        server.close()
+        assert [addresses(a) for a in answers] == [[f"192.0.2.{i}"] for i in range(1, MANY + 1)]
+        assert server.names() == sorted(names)  # never answered twice
+        assert [c for c, _, _ in server.answered].count(1) == 4
+        assert counters.get("doh.connections") == server.connections == 2
+        assert counters.get("doh.resent") == MANY - 4
+        assert counters.get("doh.responses") == MANY
+        assert counters.get("doh.goaway") == (1 if end == "goaway" else 0)
+
+    asyncio.run(scenario())
+
+
+def test_doh_timeout_resets_its_stream_and_keeps_the_connection(tls: Tls) -> None:
+    async def scenario() -> None:
+        server, port = await h2_pair(tls)
+        counters = Counters()
+        transport = DohTransport(doh_upstream(port, tls.ca), counters)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await transport.exchange(make_query("hold.example.test"), 0.3)
+        assert time.monotonic() - started < 0.9
+        answer = await transport.exchange(make_query(), 2.0)
+        await transport.aclose()
+        server.close()
+        assert addresses(answer) == [WWW_ADDRESS]
+        assert server.resets == [(1, 1, 0x8)]  # RST_STREAM CANCEL (RFC 9113 section 7)
+        assert counters.get("doh.cancelled") == 1
+        assert counters.get("doh.connections") == server.connections == 1
+
+    asyncio.run(scenario())
+
+
+def test_doh_stream_reset_by_the_server_fails_that_query_only(tls: Tls) -> None:
+    async def scenario() -> None:
+        server, port = await h2_pair(tls)
+        counters = Counters()
+        transport = DohTransport(doh_upstream(port, tls.ca), counters)
+        with pytest.raises(DohError, match="stream reset"):
+            await transport.exchange(make_query("reset.example.test"), 2.0)
+        answer = await transport.exchange(make_query(), 2.0)
+        await transport.aclose()
+        server.close()
+        assert addresses(answer) == [WWW_ADDRESS]
+        assert counters.get("doh.stream_errors") == 1
+        assert counters.get("doh.connections") == 1
+
+    asyncio.run(scenario())
+
+
+def test_doh_flow_control_both_ways(tls: Tls) -> None:
+    # Answers of about 8 KB, 24 of them: more than the connection's first window of 65535
+    # bytes, so only acknowledged data lets the later ones through. And the server lets 16 bytes
+    # of a request body in at a time: the body goes out as its window opens.
+    async def scenario() -> None:
+        server, port = await h2_pair(tls, window=16)
+        counters = Counters()
+        transport = DohTransport(doh_upstream(port, tls.ca), counters)
+        await transport.exchange(make_query(), 2.0)  # the server's SETTINGS are known now
+        answers = await asyncio.gather(
+            *(transport.exchange(make_query("big.example.test", "TXT"), 3.0) for _ in range(24))
+        )
+        await transport.aclose()
+        server.close()
+        assert all(len(a.wire) > 7000 for a in answers)
+        assert counters.get("doh.connections") == 1
+        assert counters.get("doh.responses") == 25
+        later = [n for (_, stream), n in server.data_frames.items() if stream > 1]
+        assert later and min(later) >= 3  # each body (about 40 bytes) in pieces of 16
+
+    asyncio.run(scenario())
+
+
+def test_doh_idle_connection_is_closed_with_goaway(tls: Tls) -> None:
+    async def scenario() -> None:
+        server, port = await h2_pair(tls)
+        counters = Counters()
+        transport = DohTransport(doh_upstream(port, tls.ca), counters, idle_timeout=0.2)
+        await transport.exchange(make_query(), 2.0)
+        await asyncio.sleep(0.5)
+        assert counters.get("doh.idle_closed") == 1
+        assert server.goaways == [0]  # NO_ERROR (RFC 9113 section 6.8)
+        answer = await transport.exchange(make_query(), 2.0)
+        await transport.aclose()
+        server.close()
+        assert addresses(answer) == [WWW_ADDRESS]
+        assert counters.get("doh.connections") == server.connections == 2
+        assert counters.get("tls_resumed") == 1  # the second resumed the first's TLS session
 
     asyncio.run(scenario())
 

@@ -7,7 +7,7 @@
 * :mod:`~olm.dns.upstream.udp`: UDP from a pool of connected sockets, TCP on TC=1.
 * :mod:`~olm.dns.upstream.tcp`: TCP, one connection per exchange (the TC=1 retry).
 * :mod:`~olm.dns.upstream.stream`: pipelined TCP and DoT on persistent connections.
-* :mod:`~olm.dns.upstream.doh`, :mod:`~olm.dns.upstream.doq`: DoH (httpx) and DoQ (aioquic).
+* :mod:`~olm.dns.upstream.doh`, :mod:`~olm.dns.upstream.doq`: DoH (h2, h11) and DoQ (aioquic).
 * :mod:`~olm.dns.upstream.tls`, :mod:`~olm.dns.upstream.bootstrap`: verifying TLS contexts;
   the addresses of upstreams given by name.
 * :mod:`~olm.dns.upstream.factory`: the transport for a URL's scheme.

@@ -33,7 +33,8 @@ from aioquic.tls import AlertDescription, SessionTicket
 from netstack.counters import Counters
 from olm.dns.answer import Answer
 from olm.dns.upstream.address import Upstream
-from olm.dns.upstream.base import Query, UpstreamFailure
+from olm.dns.upstream.base import Query
+from olm.dns.upstream.connect import address_of
 from olm.dns.wire import U16, WireError
 
 if TYPE_CHECKING:
@@ -233,21 +234,10 @@ class DoqTransport:
     def _remember_ticket(self, ticket: SessionTicket) -> None:
         self._ticket = ticket
 
-    async def _address(self) -> str:
-        upstream = self.upstream
-        if upstream.is_ip:
-            return upstream.host
-        if self.bootstrap is None:
-            raise ConnectionError(f"DoQ {upstream}: a host name needs bootstrap resolvers")
-        try:
-            return (await self.bootstrap.lookup(upstream.host))[0]
-        except UpstreamFailure as exc:
-            raise ConnectionError(f"DoQ {upstream}: {exc}") from None
-
     async def _connect(self) -> _Connection:
         """Open a connection and complete its handshake."""
         loop = asyncio.get_running_loop()
-        address = await self._address()
+        address = await address_of(self.upstream, self.bootstrap)
         sock = socket.socket(
             socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM
         )

@@ -25,7 +25,8 @@ from olm.dns.answer import Answer
 from olm.dns.upstream.address import Upstream
 from olm.dns.upstream.base import Query, new_id
 from olm.dns.upstream.bootstrap import Bootstrap
-from olm.dns.upstream.tls import ResumingContext, client_context, is_verification_error
+from olm.dns.upstream.connect import IdleSweep, address_of, open_connection, remember_session
+from olm.dns.upstream.tls import client_context
 from olm.dns.wire import U16, WireError
 
 __all__ = ["ConnectionLost", "StreamTransport"]
@@ -192,53 +193,33 @@ class StreamTransport:
         )
         self._connections: list[_Connection] = []
         self._connecting: asyncio.Future[_Connection] | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle = IdleSweep(idle_timeout, self._close_idle)
         self._closed = False
 
     # -- connections ------------------------------------------------------------------------
 
     async def _open(self, timeout: float) -> _Connection:
         upstream = self.upstream
-        host = upstream.host
-        if not upstream.is_ip:
-            if self.bootstrap is None:
-                raise OSError(f"{upstream}: a host name needs bootstrap resolvers")
-            host = (await self.bootstrap.lookup(upstream.host))[0]
-        server_name = upstream.tls_name if self.tls else None
         async with asyncio.timeout(timeout):
-            try:
-                if upstream.socks5:
-                    from python_socks.async_.asyncio import Proxy
-
-                    proxy = Proxy.from_url(upstream.socks5)
-                    sock = await proxy.connect(dest_host=host, dest_port=upstream.port)
-                    reader, writer = await asyncio.open_connection(
-                        sock=sock, ssl=self.context, server_hostname=server_name
-                    )
-                else:
-                    reader, writer = await asyncio.open_connection(
-                        host, upstream.port, ssl=self.context, server_hostname=server_name
-                    )
-            except OSError as exc:
-                if is_verification_error(exc):
-                    self.counters.inc("tls_verify_failed")
-                    log.warning("upstream %s: certificate not accepted: %s", upstream, exc)
-                raise
+            address = await address_of(upstream, self.bootstrap)
+            reader = asyncio.StreamReader()
+            transport, protocol = await open_connection(
+                lambda: asyncio.StreamReaderProtocol(reader),
+                upstream,
+                address,
+                self.context,
+                self.counters,
+            )
+        writer = asyncio.StreamWriter(transport, protocol, reader, asyncio.get_running_loop())
         self.counters.inc("tls_connections" if self.tls else "tcp_connections")
-        ssl_object = writer.get_extra_info("ssl_object")
-        if ssl_object is not None and ssl_object.session_reused:
-            self.counters.inc("tls_resumed")
         connection = _Connection(self, reader, writer)
         self._connections.append(connection)
-        self._arm_idle()
+        self._idle.arm()
         return connection
 
     def remember(self, writer: asyncio.StreamWriter) -> None:
-        """Keep a connection's TLS session for the next one (RFC 8446 2.2)."""
-        context = self.context
-        ssl_object = writer.get_extra_info("ssl_object")
-        if isinstance(context, ResumingContext) and ssl_object is not None:
-            context.remember(self.upstream.tls_name, ssl_object)
+        """Keep a connection's TLS session for the next one."""
+        remember_session(self.context, self.upstream, writer.transport)
 
     def dropped(self, connection: _Connection) -> None:
         """Forget a connection that closed: it is no longer chosen."""
@@ -261,21 +242,13 @@ class StreamTransport:
             if self._connecting is not None and self._connecting.done():
                 self._connecting = None
 
-    def _arm_idle(self) -> None:
-        if self._idle_timer is None and not self._closed:
-            loop = asyncio.get_running_loop()
-            self._idle_timer = loop.call_later(self.idle_timeout / 2, self._close_idle)
-
-    def _close_idle(self) -> None:
-        """Close connections with nothing waiting for ``idle_timeout`` (RFC 7766 6.2.3)."""
-        self._idle_timer = None
-        now = asyncio.get_running_loop().time()
+    def _close_idle(self, now: float) -> bool:
+        """Close the connections idle for ``idle_timeout``; return whether any is left."""
         for connection in list(self._connections):
             if not connection.pending and now - connection.last_used >= self.idle_timeout:
                 self.counters.inc("idle_closed")
                 connection.close()
-        if self._connections:
-            self._arm_idle()
+        return bool(self._connections)
 
     # -- one exchange -----------------------------------------------------------------------
 
@@ -319,9 +292,7 @@ class StreamTransport:
     def close(self) -> None:
         """Close every connection; queries waiting on them fail."""
         self._closed = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._idle.stop()
         for connection in list(self._connections):
             with contextlib.suppress(Exception):
                 connection.close()
