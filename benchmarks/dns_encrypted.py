@@ -63,13 +63,11 @@ Reading it
     udp p50 ranged from 18 to 105 us between runs, so compare the rows of one run, and read
     "added" to within about 100 us.
 
-    One full run (3 x 10 s, unbound 1.17.1, dnsdist 1.7.3) gave: direct udp 119,000 q/s, dot
-    47,000, doh 30,000; olm udp 7,700 (114 us CPU/query, a full core), olm dot 6,400 (0.83x,
-    154 us), olm doh 500 (0.06x, about 2 ms CPU/query); dnsdist dot 32,600 (4.2x olm udp, 30 us
-    CPU/query), dnsdist dot-serial 15,200. olm's DoH leg is bound by its HTTP/2 client (httpx,
-    httpcore, h2 and anyio in Python); without sniffio installed, httpcore tries to import it on
-    every lock it takes, about a quarter of that CPU (2,060 against 1,580 us/query with it).
-    unbound's CPU per query is higher behind a slow forwarder: at a low rate it does not batch.
+    Figures of full runs are in docs/performance.md (encrypted upstreams). The first run, with
+    DoH through httpx and one datagram per event-loop turn in olm serve's UDP frontend, gave olm
+    doh 500 q/s at about 2 ms CPU per query; the h2 transport and the batched frontend took it
+    to about 5,500 q/s and 180 us. unbound's CPU per query is higher behind a slow forwarder: at
+    a low rate it does not batch.
 """
 
 from __future__ import annotations
