@@ -20,9 +20,10 @@ from netstack.counters import Counters
 from olm.dns.request import Request
 from olm.dns.upstream import Upstream, UpstreamGroup
 from olm.dns.upstream.base import Query
+from olm.dns.upstream.bootstrap import Bootstrap
 from olm.dns.upstream.stream import StreamTransport
 
-from fakedns import run
+from fakedns import answers_with, run, silent, start_fake
 
 
 class StreamServer:
@@ -205,5 +206,46 @@ def test_dot_with_a_bad_certificate_fails_and_counts(
         assert server.answered == 0  # nothing was sent: not in plaintext, not at all
         group.close()
         await server.stop()
+
+    run(main())
+
+
+def test_a_host_name_is_found_through_the_bootstrap_resolver_and_cached() -> None:
+    """tls/tcp://dns.example: its address from a plain-DNS bootstrap resolver, kept for its TTL."""
+
+    async def main() -> None:
+        server = await StreamServer().start()
+        resolver, resolver_upstream = await start_fake(answers_with("127.0.0.1"))
+        counters = Counters()
+        bootstrap = Bootstrap([resolver_upstream], counters.child("bootstrap"))
+        upstream = Upstream("dns.example", server.port, "tcp")
+        transport = StreamTransport(upstream, counters, bootstrap=bootstrap, idle_timeout=0.05)
+        assert await ask(transport, "n7.example") == "192.0.2.7"
+        await asyncio.sleep(0.2)  # the idle connection closes: the next one needs the address
+        assert await ask(transport, "n8.example") == "192.0.2.8"
+        assert counters.get("tcp_connections") == 2
+        # Asked once (A and AAAA; the fake answers A only), then from the cache (TTL 60).
+        assert resolver.asked("dns.example") == 2
+        assert counters.get("bootstrap.lookups") == 1 and counters.get("bootstrap.cached") == 1
+        transport.close()
+        bootstrap.close()
+        await server.stop()
+
+    run(main())
+
+
+def test_a_name_the_bootstrap_resolver_cannot_find_is_a_failed_try() -> None:
+    async def main() -> None:
+        _, resolver_upstream = await start_fake(silent)
+        counters = Counters()
+        bootstrap = Bootstrap([resolver_upstream], counters.child("bootstrap"), timeout=0.1)
+        transport = StreamTransport(
+            Upstream("dns.example", 853, "tls"), counters, bootstrap=bootstrap
+        )
+        with pytest.raises(ConnectionError, match=r"no address for dns\.example"):
+            await transport.exchange(query("www.example"), 2.0)
+        assert counters.get("bootstrap.failed") == 1
+        transport.close()
+        bootstrap.close()
 
     run(main())
