@@ -390,7 +390,7 @@ def test_a_failed_save_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mo
     def fail(src: object, dst: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("olm.dns.fakeip.os.replace", fail)
+    monkeypatch.setattr("olm.fileio.os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
         pool.save()
     assert state.read_bytes() == before

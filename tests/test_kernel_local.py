@@ -14,45 +14,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_kernel_cache import QueryLog, start
 
 from netns import NetNS, python_env
 from olmproc import OlmProcess, counters_from
+from test_dns_local import PIPY_RECORDS
+from test_kernel_cache import QueryLog, start
 from test_kernel_dns import V4, dig, start_upstream
 
 pytestmark = pytest.mark.privileged
 
 TUN = "olmlocal0"
+# The Pipy article's records (tests/test_dns_local.py) but the denied name, and two more.
 RECORDS = [
-    {
-        "name": "www.example.com",
-        "type": "A",
-        "ttl": 300,
-        "rdata": "192.168.1.1",
-        "labels": ["line1"],
-    },
-    {
-        "name": "www.example.com",
-        "type": "A",
-        "ttl": 300,
-        "rdata": "192.168.1.2",
-        "labels": ["line2"],
-    },
-    {"name": "www.example.com", "type": "A", "ttl": 300, "rdata": "192.168.1.3"},
-    {
-        "name": "example.com",
-        "type": "MX",
-        "ttl": 300,
-        "rdata": {"preference": 10, "exchange": "mail.example.com"},
-    },
-    {"name": "example.com", "type": "TXT", "ttl": 300, "rdata": "v=spf1 -all"},
-    {"name": "example.com", "type": "NS", "ttl": 300, "rdata": "ns1.example.com"},
-    {
-        "name": "_sip._tcp.example.com",
-        "type": "SRV",
-        "ttl": 300,
-        "rdata": {"priority": 10, "weight": 5, "port": 5060, "target": "sip.example.com"},
-    },
+    *(record for record in PIPY_RECORDS if record.get("status") != "deny"),
     {"name": "app.example.com", "type": "A", "ttl": 300, "rdata": "192.168.1.50"},
     {"name": "alias.example.com", "type": "CNAME", "ttl": 300, "rdata": "www.example.test"},
 ]

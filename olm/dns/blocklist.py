@@ -24,7 +24,6 @@ import ipaddress
 import logging
 import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Final
 
 from netstack.counters import Counters
+from olm.fileio import write_atomically
 
 __all__ = [
     "MAX_LIST_BYTES",
@@ -562,7 +562,7 @@ def _fetch_now(
                 return None
     parsed = parse_list(_decode(data, source.location), source.location)
     try:
-        _write_atomically(cached, data)
+        write_atomically(cached, data)
     except OSError as exc:
         log.warning("blocklist %s: cannot cache it in %s: %s", source.name, cached, exc)
     return parsed
@@ -593,22 +593,6 @@ def _download(url: str, timeout: float) -> bytes:
     except (OSError, http.client.HTTPException) as exc:
         raise ListError(url, 0, f"download failed: {exc!r}") from None
     return b"".join(chunks)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` whole: a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 class ListRefresher:

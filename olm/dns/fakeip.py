@@ -26,12 +26,9 @@ Not thread-safe: the pool belongs to the event loop that answers DNS and forward
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import logging
-import os
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from netstack.counters import Counters
+from olm.fileio import write_atomically
 
 __all__ = [
     "DEFAULT_IPV4_PREFIX",
@@ -425,18 +423,7 @@ class FakeIpPool:
             "mappings": self.mappings(),
         }
         data = json.dumps(document, separators=(",", ":")).encode()
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        _fsync_directory(path.parent)
+        write_atomically(path, data)
         self._dirty_since = None
 
     def save_if_due(self, delay: float) -> bool:
@@ -574,17 +561,3 @@ def _row_address(text: object, version: int, where: str) -> _Address | None:
     if address is None or address.version != version:
         raise ValueError(f"{where}: {text!r} is not an IPv{version} address")
     return address
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable, where the platform allows it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
