@@ -78,7 +78,6 @@ import json
 import random
 import re
 import shutil
-import signal
 import socket
 import ssl
 import statistics
@@ -102,13 +101,14 @@ from dns_qps import (
     TTL,
     ZONE,
     Workload,
+    base_parser,
     find_binary,
     measure,
     median_of,
     miss_names,
-    on_sigterm,
     progress,
     ratio,
+    script_main,
 )
 
 from netns import env, namespace
@@ -538,17 +538,7 @@ def version(argv: list[str]) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seconds", type=float, default=10.0, help="per run (default 10)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per figure (default 3)")
-    parser.add_argument(
-        "--only",
-        action="append",
-        metavar="NAME",
-        help="a server ('olm dot') or family ('olm', 'dnsdist', 'direct'); repeatable",
-    )
+    parser = base_parser(__doc__, "a server ('olm dot') or family ('olm', 'dnsdist', 'direct')")
     parser.add_argument(
         "--latency-queries",
         type=int,
@@ -561,7 +551,6 @@ def parse_args() -> argparse.Namespace:
         default=2_000_000,
         help="unique names in the throughput file (default 2,000,000)",
     )
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.latency_queries < 10:
         parser.error("--latency-queries: at least 10")
@@ -575,7 +564,6 @@ def main() -> None:
     unbound = find_binary("unbound")
     if not unbound:
         raise SystemExit("needs unbound (apt-get install unbound)")
-    signal.signal(signal.SIGTERM, on_sigterm)
     notes: list[str] = []
     samples: dict[str, list[dict[str, float]]] = {}
     answers: dict[str, str] = {}
@@ -638,9 +626,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == [CLIENT_COMMAND]:
         latency_client(sys.argv[2:])
         sys.exit(0)
-    started = time.monotonic()
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)
-    print(f"(took {time.monotonic() - started:.0f} s)", file=sys.stderr)
+    script_main(main)

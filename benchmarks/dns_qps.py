@@ -88,7 +88,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -511,18 +511,34 @@ def on_sigterm(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def parse_args() -> argparse.Namespace:
+def base_parser(doc: str | None, only: str) -> argparse.ArgumentParser:
+    """The arguments every dnsperf benchmark takes: --seconds, --rounds, --only, --json.
+
+    ``only`` describes what --only names.
+    """
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="per run (default 10)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per figure (default 3)")
-    parser.add_argument(
-        "--only",
-        action="append",
-        metavar="NAME",
-        help="a server ('olm udp') or family ('olm', 'upstream'); repeatable",
-    )
+    parser.add_argument("--only", action="append", metavar="NAME", help=f"{only}; repeatable")
+    parser.add_argument("--json", action="store_true")
+    return parser
+
+
+def script_main(main: Callable[[], None]) -> None:
+    """Run a benchmark's ``main``: exit 130 on Ctrl-C or SIGTERM, print how long it took."""
+    signal.signal(signal.SIGTERM, on_sigterm)
+    started = time.monotonic()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    print(f"(took {time.monotonic() - started:.0f} s)", file=sys.stderr)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = base_parser(__doc__, "a server ('olm udp') or family ('olm', 'upstream')")
     parser.add_argument(
         "--workload",
         action="append",
@@ -560,7 +576,6 @@ def parse_args() -> argparse.Namespace:
         default=1_000_000,
         help="names on olm's blocklist besides the blocked workload's (default 1,000,000)",
     )
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.workload = args.workload or ["hit", "miss", "local", "blocked"]
     return args
@@ -579,7 +594,6 @@ def main() -> None:
     args = parse_args()
     if not shutil.which("dnsperf") or not shutil.which("dig"):
         raise SystemExit("needs dnsperf and dig (apt-get install dnsperf bind9-dnsutils)")
-    signal.signal(signal.SIGTERM, on_sigterm)
     notes: list[str] = []
     samples: dict[str, dict[str, list[dict[str, float]]]] = {
         w: {} for w in ("hit", "miss", "local", "blocked")
@@ -668,9 +682,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    started = time.monotonic()
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)
-    print(f"(took {time.monotonic() - started:.0f} s)", file=sys.stderr)
+    script_main(main)

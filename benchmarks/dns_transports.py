@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 
 from dns_encrypted import DOH_PATH, HOST, SERVER_NAME, UPSTREAM_PORTS, Pki, start_unbound
-from dns_qps import ZONE, find_binary, on_sigterm
+from dns_qps import ZONE, base_parser, find_binary, script_main
 
 from netns import env, namespace
 
@@ -99,15 +98,15 @@ def client(argv: list[str]) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = base_parser(__doc__, f"a transport: {', '.join(SCHEMES)}")
+    parser.set_defaults(rounds=5)
     parser.add_argument("--queries", type=int, default=3000, help="per measurement")
     parser.add_argument("--outstanding", type=int, default=100, help="queries in flight")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", action="append", choices=list(SCHEMES), default=None)
-    parser.add_argument("--json", action="store_true")
-    return parser.parse_args()
+    args = parser.parse_args()
+    unknown = set(args.only or ()) - set(SCHEMES)
+    if unknown:
+        parser.error(f"--only: unknown {sorted(unknown)}; known: {list(SCHEMES)}")
+    return args
 
 
 def main() -> None:
@@ -115,7 +114,6 @@ def main() -> None:
     unbound = find_binary("unbound")
     if not unbound:
         raise SystemExit("needs unbound (apt-get install unbound)")
-    signal.signal(signal.SIGTERM, on_sigterm)
     names = args.only or list(SCHEMES)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="dns_transports-") as tmpdir:
@@ -169,9 +167,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == [CLIENT_COMMAND]:
         client(sys.argv[2:])
         sys.exit(0)
-    started = time.monotonic()
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)
-    print(f"(took {time.monotonic() - started:.0f} s)", file=sys.stderr)
+    script_main(main)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from netns import Host, NetNS, delete_leftover_namespaces, require_privilege
-from olmproc import OlmProcess
+from olmproc import OlmProcess, start_up
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -61,16 +61,20 @@ def host() -> Iterator[Host]:
 
 
 @pytest.fixture
-def olm_up(netns: NetNS) -> Iterator[Callable[..., OlmProcess]]:
-    """Start ``olm up --tun olmdns0 --stats ARGS...`` in the test's namespace (stopped after)."""
+def olm() -> Iterator[list[OlmProcess]]:
+    """The olm processes a test starts; those still running are stopped after it."""
     started: list[OlmProcess] = []
-
-    def start(*args: str) -> OlmProcess:
-        proc = OlmProcess(netns, ["up", "--tun", "olmdns0", "--stats", *args])
-        started.append(proc)
-        return proc
-
-    yield start
+    yield started
     for proc in started:
         if proc.proc.poll() is None:
             proc.stop()
+
+
+@pytest.fixture
+def olm_up(netns: NetNS, olm: list[OlmProcess]) -> Callable[..., OlmProcess]:
+    """Start ``olm up --tun olmdns0 --stats ARGS...`` in the test's namespace (stopped after)."""
+
+    def start(*args: str) -> OlmProcess:
+        return start_up(netns, olm, "olmdns0", *args)
+
+    return start

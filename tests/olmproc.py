@@ -72,6 +72,13 @@ class OlmProcess:
         return self.proc.returncode, out, err
 
 
+def start_up(ns: NetNS, started: list[OlmProcess], tun: str, *args: str) -> OlmProcess:
+    """Start ``olm up --tun TUN --stats ARGS`` in ``ns`` and add it to ``started``."""
+    proc = OlmProcess(ns, ["up", "--tun", tun, "--stats", *args])
+    started.append(proc)
+    return proc
+
+
 def counters_from(stderr: str) -> dict[str, int]:
     """Parse the ``name value`` lines that ``--stats`` prints on exit."""
     result: dict[str, int] = {}

@@ -12,12 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from netns import NetNS, python_env, require_tool
-from olmproc import OlmProcess, counters_from
+from olmproc import OlmProcess, counters_from, start_up
 from test_kernel_dns import V4, dig, start_upstream
 
 pytestmark = pytest.mark.privileged
@@ -49,21 +48,8 @@ def start(netns: NetNS, *upstream_args: str) -> QueryLog:
     return QueryLog(start_upstream(netns, 5300, "--log-queries", *upstream_args))
 
 
-@pytest.fixture
-def olm(netns: NetNS) -> Iterator[list[OlmProcess]]:
-    started: list[OlmProcess] = []
-    yield started
-    for proc in started:
-        if proc.proc.poll() is None:
-            proc.stop()
-
-
 def olm_up(netns: NetNS, started: list[OlmProcess], *args: str) -> OlmProcess:
-    proc = OlmProcess(
-        netns, ["up", "--tun", "olmcache0", "--stats", "--upstream", "127.0.0.1:5300", *args]
-    )
-    started.append(proc)
-    return proc
+    return start_up(netns, started, "olmcache0", "--upstream", "127.0.0.1:5300", *args)
 
 
 def ttl_of(out: str, rtype: str = "A") -> int:

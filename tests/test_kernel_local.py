@@ -10,13 +10,12 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from netns import NetNS, python_env
-from olmproc import OlmProcess, counters_from
+from olmproc import OlmProcess, counters_from, start_up
 from test_dns_local import PIPY_RECORDS
 from test_kernel_cache import QueryLog, start
 from test_kernel_dns import V4, dig, start_upstream
@@ -33,19 +32,8 @@ RECORDS = [
 LINES = {"line1": ["10.30.30.1/32"], "line2": ["10.30.30.2/32"]}
 
 
-@pytest.fixture
-def olm(netns: NetNS) -> Iterator[list[OlmProcess]]:
-    started: list[OlmProcess] = []
-    yield started
-    for proc in started:
-        if proc.proc.poll() is None:
-            proc.stop()
-
-
 def olm_up(netns: NetNS, started: list[OlmProcess], *args: str) -> OlmProcess:
-    proc = OlmProcess(netns, ["up", "--tun", TUN, "--stats", "--upstream", "127.0.0.1:5300", *args])
-    started.append(proc)
-    return proc
+    return start_up(netns, started, TUN, "--upstream", "127.0.0.1:5300", *args)
 
 
 def answers(out: str, rtype: str = "A") -> list[str]:
