@@ -16,6 +16,7 @@ if IPV6_V6ONLY were set.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from netstack.errors import StackError
@@ -146,6 +147,17 @@ class Demux(Generic[E]):
         key = (local, port, remote, remote_port)
         if self.connected.get(key) is endpoint:
             del self.connected[key]
+
+    def endpoints(self) -> Iterator[E]:
+        """Yield every registered endpoint once: connected ones, then bound ones.
+
+        Iterates over a snapshot, so the tables may change while the caller walks it.
+        """
+        seen: set[int] = set()
+        for ep in [*self.connected.values(), *self.bound.values()]:
+            if id(ep) not in seen:
+                seen.add(id(ep))
+                yield ep
 
     def __len__(self) -> int:
         return len(self.connected) + len(self.bound)

@@ -19,7 +19,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from netstack.clock import Clock
 from netstack.counters import Counters
@@ -87,6 +87,23 @@ def parse_address(text: str) -> bytes:
 def format_address(addr: bytes) -> str:
     """Return the text form of a packed IPv4 or IPv6 address."""
     return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+
+
+def format_endpoint(addr: bytes | None, port: int) -> str:
+    """Return ``addr:port`` as ``ss`` prints it: ``[addr]:port`` for IPv6, ``*:*`` for none."""
+    if not addr:
+        return "*:*"
+    text = format_address(addr)
+    return f"[{text}]:{port}" if len(addr) == 16 else f"{text}:{port}"
+
+
+def _endpoint_order(text: str) -> tuple[int, bytes, int]:
+    """Sort key of a :func:`format_endpoint` text: family, address, then port, numerically."""
+    host, _, port = text.rpartition(":")
+    if host == "*":
+        return (0, b"", 0)
+    packed = parse_address(host.strip("[]"))
+    return (len(packed), packed, int(port))
 
 
 @dataclass(slots=True)
@@ -434,3 +451,19 @@ class Stack:
     def write(self, nic: NIC, packets: Iterable[bytes]) -> int:
         """Write already-built IP packets out of ``nic``."""
         return nic.write(list(packets))
+
+    # -- introspection ---------------------------------------------------------------------
+
+    def sockets(self) -> list[dict[str, Any]]:
+        """Describe every UDP endpoint, TCP listener and TCP connection, like ``ss -tuanie``.
+
+        One plain, JSON-serialisable dict per registered endpoint (its ``info()``), including
+        TCP connections still closing or in TIME-WAIT; sorted by protocol, local address and
+        peer address (addresses and ports in numeric order).
+        """
+        rows = [ep.info() for ep in self.udp.demux.endpoints()]
+        rows += [ep.info() for ep in self.tcp.demux.endpoints()]
+        rows.sort(
+            key=lambda r: (r["proto"], _endpoint_order(r["local"]), _endpoint_order(r["peer"]))
+        )
+        return rows

@@ -7,13 +7,13 @@ Task per packet at this layer (the socket layer queues only when nobody is waiti
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from netstack.errors import MessageTooLongError, ParseError, StackError
 from netstack.header.numbers import IPPROTO_UDP
 from netstack.header.udp import build_udp, parse_fields, udp_checksum_ok
 from netstack.ports import Demux, unspecified
-from netstack.stack import Control
+from netstack.stack import Control, format_endpoint
 
 if TYPE_CHECKING:
     from netstack.stack import NIC, Stack
@@ -205,3 +205,21 @@ class UDPEndpoint:
         if self._reserved is not None:
             self.protocol.demux.release(self._reserved, self.local_port)
             self._reserved = None
+
+    def info(self) -> dict[str, Any]:
+        """Describe the endpoint as ``ss -uan`` would: state, addresses, queues.
+
+        ``recv_q`` and ``send_q`` are always 0: datagrams go straight to the callback on the
+        way in and straight to the network layer on the way out, so nothing waits here.
+        """
+        state = "UNCONN" if self.remote_addr is None else "ESTAB"
+        if self.closed:
+            state = "CLOSED"
+        return {
+            "proto": "udp",
+            "state": state,
+            "local": format_endpoint(self.local_addr, self.local_port),
+            "peer": format_endpoint(self.remote_addr, self.remote_port),
+            "recv_q": 0,
+            "send_q": 0,
+        }

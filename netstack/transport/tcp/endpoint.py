@@ -16,7 +16,7 @@ import errno
 import os
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from netstack.errors import StackError
 from netstack.header.seqnum import (
@@ -42,7 +42,7 @@ from netstack.header.tcp import (
     TCPHeader,
     TCPOptions,
 )
-from netstack.stack import Control, Route
+from netstack.stack import Control, Route, format_endpoint
 from netstack.transport.tcp.congestion import NewReno
 from netstack.transport.tcp.receiver import Reassembly
 from netstack.transport.tcp.sack import Scoreboard
@@ -1327,3 +1327,85 @@ class TCPEndpoint:
         if self.state is not State.CLOSED and data:
             self._send_ack()
         return data
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Describe the connection as ``ss -tinie`` / Linux ``tcp_info`` would: plain values.
+
+        Sizes are bytes, times milliseconds on the stack's clock, sequence numbers raw 32-bit.
+        ``bytes_sent``, ``bytes_acked`` and ``bytes_received`` are derived from the sequence
+        numbers (so modulo 2**32, without SYN and FIN, retransmissions not counted again);
+        ``in_flight`` is sequence space, where an unacknowledged SYN or FIN counts one.
+        ``cwnd_segments`` is ``cwnd // mss``; ``ssthresh`` stays at its initial "arbitrarily
+        high" value (RFC 5681 section 3.1) until the first loss. ``retries`` is the number of
+        retransmission timeouts since the last forward progress (Linux's
+        ``tcpi_retransmits``); no per-connection total of retransmissions is kept.
+        ``ooo_ranges`` counts disjoint ranges held for reassembly, not segments.
+        """
+        state = self.state
+        syn_acked = self.snd_una != self.iss  # SND.UNA only leaves ISS when our SYN is acked
+        fin_acked = self.fin_seq is not None and seq_gt(self.snd_una, self.fin_seq)
+        acked = (self.snd_una - self.iss - 1 - int(fin_acked)) & SEQ_MASK
+        sent = (self.snd_nxt - self.iss - 1 - int(self.fin_seq is not None)) & SEQ_MASK
+        syn_seen = self.rcv_nxt != self.irs  # RCV.NXT is IRS + 1 once the peer's SYN is in
+        received = (self.rcv_nxt - self.irs - 1 - int(self.fin_received)) & SEQ_MASK
+        rtt = self.rtt
+        cc = self.cc
+        now = self._clock.now()
+        timers: dict[str, float] = {}
+        for name, timer in (
+            ("rto", self._rexmit_timer),  # RFC 6298 retransmission (SYN, SYN-ACK or data)
+            ("delayed_ack", self._delack_timer),
+            ("persist", self._persist_timer),
+            ("keepalive", self._keepalive_timer),
+            ("time_wait" if state is State.TIME_WAIT else "fin_wait_2", self._linger_timer),
+        ):
+            deadline = timer.deadline
+            if deadline is not None:
+                timers[name] = max(deadline - now, 0.0) * 1000
+        sack = self.sack_ok
+        return {
+            "proto": "tcp",
+            # RFC 9293 section 3.3.2 names, SYN-RECEIVED shortened as ss prints it.
+            "state": "SYN-RECV" if state is State.SYN_RECEIVED else state.value,
+            "local": format_endpoint(self.local_addr, self.local_port),
+            "peer": format_endpoint(self.remote_addr, self.remote_port),
+            "recv_q": self._rcvq_len,
+            "send_q": len(self.sndbuf),
+            "mss": self.mss,
+            "advmss": self.rcv_mss,
+            "peer_mss": self.peer_mss,
+            # RFC 7323 section 2: [peer's shift applied to its windows, our shift].
+            "wscale": [self.snd_wscale, self.rcv_wscale] if self._ws_ok else None,
+            "sack": sack,
+            "timestamps": self.ts_ok,
+            "snd_wnd": self.snd_wnd,
+            "rcv_wnd": max(seq_sub(self.rcv_adv, self.rcv_nxt), 0),
+            "cwnd": cc.cwnd,
+            "cwnd_segments": cc.cwnd // self.mss,
+            "ssthresh": cc.ssthresh,
+            "congestion": type(cc).__name__.lower(),
+            # RFC 6298 section 2: no SRTT or RTTVAR before the first measurement.
+            "srtt_ms": rtt.srtt * 1000 if rtt.srtt is not None else None,
+            "rttvar_ms": rtt.rttvar * 1000 if rtt.srtt is not None else None,
+            "rto_ms": rtt.rto * 1000,
+            "iss": self.iss,
+            "irs": self.irs,
+            "snd_una": self.snd_una,
+            "snd_nxt": self.snd_nxt,
+            "rcv_nxt": self.rcv_nxt,
+            "in_flight": self.in_flight,
+            "unsent": self.unsent,
+            "bytes_sent": sent,
+            "bytes_acked": acked if syn_acked else 0,
+            "bytes_received": received if syn_seen else 0,
+            "retries": self.retries,
+            "in_recovery": self._recovery is not _Recovery.NONE,
+            "recovery": self._recovery.name.lower(),
+            "sack_blocks": len(self.scoreboard.ranges()) if sack else None,
+            "sacked_bytes": self.scoreboard.sacked_bytes if sack else None,
+            "ooo_ranges": len(self._ooo),
+            "ooo_bytes": self._ooo.bytes,
+            "timers": timers,
+        }

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from netstack.errors import StackError
 from netstack.header.seqnum import seq_add
 from netstack.header.tcp import ACK, FIN, RST, SYN, TCPHeader, TCPOptions
 from netstack.ports import unspecified
-from netstack.stack import Route
+from netstack.stack import Route, format_endpoint
 from netstack.transport.tcp.endpoint import State, TCPEndpoint
 from netstack.transport.tcp.segment import mss_for_mtu
 
@@ -217,3 +217,20 @@ class TCPListener:
     def is_wildcard(self) -> bool:
         """Whether the listener takes connections to every local address of its family."""
         return self.local_addr == unspecified(len(self.local_addr))
+
+    def info(self) -> dict[str, Any]:
+        """Describe the listener as ``ss -tln`` would.
+
+        As in ``ss``, ``recv_q`` is the accept queue's length and ``send_q`` the backlog;
+        ``half_open`` counts connections still in SYN-RECEIVED (each also listed on its own).
+        """
+        return {
+            "proto": "tcp",
+            "state": self.state.value,
+            "local": format_endpoint(self.local_addr, self.local_port),
+            "peer": "*:*",
+            "recv_q": len(self.accept_queue),
+            "send_q": self.backlog,
+            "backlog": self.backlog,
+            "half_open": len(self.half_open),
+        }
