@@ -8,22 +8,28 @@ frontend starts with :meth:`Engine.spawn`.
 
 The chain is an attribute: assigning a new one (SIGHUP) takes effect for the next query, while
 queries already on their way finish on the handlers they started with.
+
+Observers (metrics, the query log, ``olm trace``: :mod:`olm.dns.observe`) are told of every
+query while attached. With none attached the engine's ``handle`` is the plain path; attaching
+one swaps in the observed path, so watching costs nothing while nobody watches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
-from typing import Any, Final
+from typing import Any
 
 from netstack.clock import Clock
 from netstack.counters import Counters
 from olm.dns.answer import SERVFAIL, Answer, error_answer, render
 from olm.dns.handlers import Handler, Pending
 from olm.dns.handlers.admission import Gate
+from olm.dns.observe import Observer, QueryTrace, trace_chain, untrace_chain
 from olm.dns.request import Request
-from olm.dns.wire import TC
+from olm.dns.wire import RCODE_NAMES, TC
 
 __all__ = ["Engine", "Reply"]
 
@@ -31,16 +37,6 @@ log = logging.getLogger("olm.dns")
 
 Reply = bytes | Coroutine[Any, Any, bytes | None] | None
 """What :meth:`Engine.handle` returns: reply bytes now, no reply, or reply bytes to wait for."""
-
-_RCODE_NAMES: Final = {
-    0: "NOERROR",
-    1: "FORMERR",
-    2: "SERVFAIL",
-    3: "NXDOMAIN",
-    4: "NOTIMP",
-    5: "REFUSED",
-    16: "BADVERS",
-}
 
 
 class Engine:
@@ -58,6 +54,24 @@ class Engine:
         self.gate = gate
         self._rcodes = counters.child("rcode").values
         self._tasks: set[asyncio.Task[None]] = set()
+        self.observers: list[Observer] = []
+        self._traced: Handler | None = None  # the chain whose handlers record into traces
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` about every query from now on."""
+        self.observers.append(observer)
+        # An instance attribute shadows the plain method: the frontends' lookup finds it.
+        self.handle = self._handle_observed  # type: ignore[method-assign]
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop telling ``observer``; with none left, go back to the plain path."""
+        if observer in self.observers:
+            self.observers.remove(observer)
+        if not self.observers:
+            vars(self).pop("handle", None)
+            if self._traced is not None:
+                untrace_chain(self._traced)
+                self._traced = None
 
     def handle(self, request: Request) -> Reply:
         """Answer one request: bytes to send now, None for no reply, or a coroutine."""
@@ -68,11 +82,55 @@ class Engine:
             return self.render(result, request)
         return self._finish(result, request)  # type: ignore[arg-type]
 
+    def _handle_observed(self, request: Request) -> Reply:
+        """:meth:`handle`, telling the observers of the query and of its reply."""
+        start = time.perf_counter()
+        trace: QueryTrace | None = None
+        for observer in self.observers:
+            wanted = observer.begin(request)
+            if wanted is False:
+                continue
+            if isinstance(wanted, QueryTrace):
+                trace = wanted
+            elif trace is None:
+                trace = QueryTrace(start, detail=False)
+        if trace is not None:
+            request.trace = trace
+            chain = self.chain
+            if self._traced is not chain:  # a new chain since (SIGHUP): record it too
+                trace_chain(chain)
+                self._traced = chain
+        reply = Engine.handle(self, request)
+        if reply is None or reply.__class__ is bytes:
+            self._finished(request, reply, start)
+            return reply
+        return self._observe_later(reply, request, start)  # type: ignore[arg-type]
+
+    async def _observe_later(
+        self, pending: Coroutine[Any, Any, bytes | None], request: Request, start: float
+    ) -> bytes | None:
+        reply = None
+        try:
+            reply = await pending
+        finally:
+            self._finished(request, reply, start)
+        return reply
+
+    def _finished(self, request: Request, reply: bytes | None, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        trace = request.trace
+        for observer in self.observers:
+            try:
+                observer.finished(request, reply, elapsed, trace)
+            except Exception:  # an observer's bug must not cost the client its answer
+                self.counters.inc("observer_error")
+                log.exception("an observer failed")
+
     def render(self, answer: Answer, request: Request) -> bytes:
         """Return the reply bytes of ``answer`` for ``request``, counted by RCODE."""
         data = render(answer, request, self.clock.now())
         rcode = answer.rcode
-        name = _RCODE_NAMES.get(rcode) or str(rcode)
+        name = RCODE_NAMES.get(rcode) or str(rcode)
         rcodes = self._rcodes
         rcodes[name] = rcodes.get(name, 0) + 1
         if data[2] & (TC >> 8) and not answer.truncated:

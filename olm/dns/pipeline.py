@@ -114,6 +114,11 @@ class Pipeline:
         self._tasks: set[asyncio.Task[None]] = set()
         self.fake_pool: FakeIpPool | None = None
 
+    @property
+    def groups(self) -> list[UpstreamGroup]:
+        """The upstream groups of the chain in force (default, views, split), once each."""
+        return list(dict.fromkeys(self._groups.values()))
+
     def build(self, settings: Settings) -> Handler:
         """Make the chain for ``settings``, reading its data files.
 

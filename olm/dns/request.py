@@ -74,6 +74,7 @@ class Request:
         "port",
         "qend",
         "qtype",
+        "trace",
         "transport",
         "tsig",
         "view",
@@ -95,6 +96,8 @@ class Request:
         self.transport = transport
         self.view: Any = None
         self.group: UpstreamGroup | None = None
+        #: What the query went through, when someone watches (olm.dns.observe.QueryTrace).
+        self.trace: Any = None
         self.tsig = False
         self.edns = self.do = self.ok = False
         self.payload = self.nend = self.qend = self.qtype = 0

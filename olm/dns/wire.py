@@ -64,6 +64,17 @@ TYPE_ANY: Final = 255
 DO_BIT: Final = 0x8000  # in the OPT record's flags (RFC 3225 section 3)
 OPTION_EDE: Final = 15  # Extended DNS Errors (RFC 8914 section 2)
 
+#: RCODE mnemonics (RFC 1035 section 4.1.1; BADVERS, an extended RCODE: RFC 6891 section 6.1.3).
+RCODE_NAMES: Final = {
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+    16: "BADVERS",
+}
+
 #: Largest UDP reply without EDNS (RFC 1035 section 4.2.1) and the floor with it (RFC 6891 6.2.5).
 MIN_UDP_PAYLOAD: Final = 512
 #: Largest message a 2-byte TCP length prefix can frame (RFC 1035 section 4.2.2, RFC 7766).

@@ -63,6 +63,7 @@ class Views(Handler):
 
     def __init__(self, counters: Counters, lines: Lines, views: list[View]) -> None:
         super().__init__(counters)
+        self.views = list(views)
         prefixes = list(lines.prefixes)
         prefixes += [(net, view.name) for view in views for net in view.networks]
         self.lines = Lines(tuple(sorted(prefixes, key=lambda pair: -pair[0].prefixlen)))

@@ -55,6 +55,7 @@ class Query:
         "signed",
         "tcp_fallback",
         "template",
+        "trace",
     )
 
     def __init__(self, request: Request) -> None:
@@ -79,6 +80,8 @@ class Query:
         self.tcp_fallback = not (self.signed and request.transport == "udp")
         #: When the whole resolution must end (event loop time); set by the group.
         self.deadline = float("inf")
+        #: The request's QueryTrace when someone watches it (olm.dns.observe), else None.
+        self.trace = request.trace
 
     def timeout(self, timeout: float, now: float) -> float:
         """Return how long one exchange may take: ``timeout``, cut short by the deadline."""
@@ -86,6 +89,9 @@ class Query:
 
     def wire(self, qid: int) -> bytes:
         """Return the query's bytes with ID ``qid``."""
+        trace = self.trace
+        if trace is not None and trace.detail:
+            trace.event("upstream", f"query id {qid}")
         return U16.pack(qid) + self.template[2:]
 
     def matches(self, data: bytes, qid: int) -> bool:

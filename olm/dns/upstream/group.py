@@ -23,7 +23,7 @@ from olm.dns.answer import Answer
 from olm.dns.request import Request
 from olm.dns.upstream.base import Query, Transport, UpstreamFailure
 from olm.dns.upstream.health import DOWN_AFTER, Health, HealthSnapshot
-from olm.dns.wire import HEADER, RD
+from olm.dns.wire import HEADER, RCODE_NAMES, RD
 
 __all__ = ["Policy", "UpstreamGroup"]
 
@@ -32,7 +32,6 @@ log = logging.getLogger("olm.dns.upstream")
 #: RCODEs meaning "this upstream could not help": ask the next one (RFC 1035 section 4.1.1):
 #: FORMERR, SERVFAIL, NOTIMP, REFUSED.
 _FAILURE_RCODES: Final = frozenset({1, 2, 4, 5})
-_RCODE_NAMES: Final = {1: "FORMERR", 2: "SERVFAIL", 4: "NOTIMP", 5: "REFUSED"}
 
 #: The probe of a down upstream: ``. IN NS`` with RD, always cached by a working resolver (the
 #: query dnscrypt-proxy measures its resolvers with).
@@ -222,27 +221,43 @@ class UpstreamGroup:
         loop = asyncio.get_running_loop()
         start = loop.time()
         whole = query.deadline - start >= self.timeout  # not cut short by the deadline
+        trace = query.trace
+        detail = trace if trace is not None and trace.detail else None  # events wanted
+        if detail is not None:
+            detail.event("upstream", f"try {upstream} (group {self.name}, policy {self.policy})")
         try:
             answer = await transport.exchange(query, self.timeout)
         except TimeoutError:
             counters.inc("timeout")
             log.debug("upstream %s: no answer within %s s", upstream, self.timeout)
+            if detail is not None:
+                detail.event("upstream", f"{upstream}: no answer within {self.timeout} s")
             if whole:
-                self._failed(index)
+                self._failed(index, "timeout")
             raise UpstreamFailure("timeout", str(upstream)) from None
         except OSError as exc:
             counters.inc("error")
             log.debug("upstream %s: %s", upstream, exc)
-            self._failed(index)
+            if detail is not None:
+                detail.event("upstream", f"{upstream}: {exc.__class__.__name__} {exc}")
+            self._failed(index, "error")
             raise UpstreamFailure("error", f"{upstream}: {exc}") from None
         rcode = answer.rcode
+        latency = loop.time() - start
+        if detail is not None:
+            detail.event(
+                "upstream",
+                f"{upstream} answered {RCODE_NAMES.get(rcode, rcode)} in {latency * 1e3:.3f} ms",
+            )
         if rcode in _FAILURE_RCODES:
             counters.inc("rcode_failure")
-            log.debug("upstream %s answered %s", upstream, _RCODE_NAMES[rcode])
-            self._failed(index)
-            raise UpstreamFailure("rcode", f"{upstream}: {_RCODE_NAMES[rcode]}")
+            log.debug("upstream %s answered %s", upstream, RCODE_NAMES[rcode])
+            self._failed(index, "rcode")
+            raise UpstreamFailure("rcode", f"{upstream}: {RCODE_NAMES[rcode]}")
         counters.inc("answers")
-        self._answered(index, loop.time() - start)
+        self._answered(index, latency)
+        if trace is not None:
+            trace.upstream = str(upstream)
         return answer
 
     # -- health --------------------------------------------------------------------------
@@ -260,9 +275,9 @@ class UpstreamGroup:
             self._event(index, "marked_up")
             log.info("upstream %s of group %s is up again", health.url, self.name)
 
-    def _failed(self, index: int) -> None:
+    def _failed(self, index: int, kind: str = "error") -> None:
         health = self.health[index]
-        if not health.failure():
+        if not health.failure(kind):
             return
         self._event(index, "marked_down")
         log.warning(
@@ -318,7 +333,7 @@ class UpstreamGroup:
         if good:
             self._answered(index, loop.time() - start)
             return
-        health.failure()
+        health.failure("probe")
         health.probe_wait = min(health.probe_wait * 2, self.probe_max)
         health.probe_at = loop.time() + health.probe_wait
 

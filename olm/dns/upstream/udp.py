@@ -157,6 +157,9 @@ class UdpTransport:
         timer = loop.call_later(query.timeout(timeout, loop.time()), _expire, waiter)
         try:
             slot.sock.send(query.wire(qid))
+            if query.trace is not None and query.trace.detail:
+                port = slot.sock.getsockname()[1]
+                query.trace.event("upstream", f"udp sent from port {port}")
             answer = await waiter
             reusable = True
         finally:
@@ -164,6 +167,8 @@ class UdpTransport:
             self._release(slot, reusable)
         if answer.truncated and query.tcp_fallback:
             self.counters.inc("tc_retry_tcp")
+            if query.trace is not None and query.trace.detail:
+                query.trace.event("upstream", "answer truncated (TC=1): retry over TCP")
             answer = await self.tcp.exchange(query, timeout)
         return answer
 
