@@ -1,13 +1,15 @@
-"""The ``olm`` command line: ``up``, ``serve``, ``demo``, ``stack``.
+"""The ``olm`` command line: ``up``, ``serve``, ``demo``, ``stack``, ``inspect``, ``trace``...
 
 ``up`` is the DNS proxy on a TUN, ``serve`` the same engine on kernel sockets, ``stack``
-netstack alone on a TUN.
+netstack alone on a TUN; ``inspect``, ``cache flush`` and ``trace`` ask a running one through
+its control socket.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--pcap", metavar="FILE", help="write every packet to a pcap file")
     st.add_argument("--trace", action="store_true", help="print one line per packet")
     st.add_argument("--stats", action="store_true", help="print the counters on exit")
+    _view_flags(st)
     st.add_argument(
         "--no-offload",
         dest="offload",
@@ -85,7 +88,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer UDP and TCP here (repeatable; default 127.0.0.1:53 and [::1]:53)",
     )
     _engine_flags(serve)
+    from olm.controlclient import add_parsers
+
+    add_parsers(sub)
     return parser
+
+
+def _view_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of what looks inside a daemon: the control socket and metrics."""
+    parser.add_argument(
+        "--control",
+        metavar="PATH",
+        help="control socket for olm inspect and olm trace (default: /run/olm/olm.sock as "
+        "root, else under $XDG_RUNTIME_DIR; none: no socket)",
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="?",
+        const="127.0.0.1:9153",
+        metavar="ADDR:PORT",
+        help="serve Prometheus /metrics here (default off; bare flag: 127.0.0.1:9153)",
+    )
+
+
+class _QueryLogAction(argparse.Action):
+    """``--query-log FILE``: turn the query log on, writing to FILE."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, "query_log.enabled", True)
+        setattr(namespace, self.dest, values)
 
 
 def _engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -258,10 +295,33 @@ def _engine_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="never hold an answer longer than this (default 0.2)",
     )
+    qlog = parser.add_argument_group(
+        "query log (TOML [query_log], OLM_QUERY_LOG_*; off by default; docs/dns.md)"
+    )
+    qlog.add_argument(
+        "--query-log",
+        dest="query_log.path",
+        action=_QueryLogAction,
+        metavar="FILE",
+        help="write one JSON line per query to FILE (names are private: off by default)",
+    )
+    for name, metavar, text in (
+        ("max_bytes", "BYTES", "rotate the file at this size (default 10 MiB)"),
+        ("backups", "N", "rotated files kept (default 5)"),
+        ("ipv4_prefix", "BITS", "write IPv4 clients as their /BITS network (default 32)"),
+        ("ipv6_prefix", "BITS", "write IPv6 clients as their /BITS network (default 128)"),
+    ):
+        qlog.add_argument(
+            "--query-log-" + name.replace("_", "-"),
+            dest="query_log." + name,
+            metavar=metavar,
+            help=text,
+        )
     parser.add_argument(
         "--resolv-conf", default="/etc/resolv.conf", help=argparse.SUPPRESS
     )  # for tests: where default upstreams come from
     parser.add_argument("--stats", action="store_true", help="print the counters on exit")
+    _view_flags(parser)
 
 
 _UP_FIELDS = (
@@ -285,10 +345,12 @@ _UP_FIELDS = (
     "split",
     "private_reverse_upstreams",
     "state_dir",
+    "control",
+    "metrics",
 )
 
 
-_TABLE_FLAGS = ("cache.", "block.", "fake_ip.", "fastest_addr.")
+_TABLE_FLAGS = ("cache.", "block.", "fake_ip.", "fastest_addr.", "query_log.")
 
 
 def _load(args: argparse.Namespace, serve: bool) -> tuple[Any, Callable[[], Any]]:
@@ -379,6 +441,38 @@ def run_serve(args: argparse.Namespace) -> int:
     return status
 
 
+class _StackTarget:
+    """What ``olm stack`` shows through its control socket."""
+
+    kind = "stack"
+
+    def __init__(self, stack: Any, tracer: Any) -> None:
+        self.service: Any = None  # no DNS here
+        self.stack = stack
+        self.counters = stack.counters
+        self.tracer = tracer
+
+
+async def _open_stack_views(args: argparse.Namespace, running: Any, views: Any) -> None:
+    """Open the control socket (with tracing) and /metrics of ``olm stack``."""
+    from olm.config import ConfigError, load_settings
+    from olm.control import open_control
+    from olm.trace import Tracer
+
+    try:
+        settings = load_settings({"control": args.control, "metrics": args.metrics})
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    stack = running.stack
+    nic = stack.nics["tun"]
+    tracer = Tracer(stack.counters, stack=stack, link=running.link, dispatcher=nic, nic=nic)
+    await open_control(settings.control, _StackTarget(stack, tracer), views)
+    if settings.metrics:
+        from olm.metrics import open_metrics
+
+        await open_metrics(settings.metrics, stack.counters, None, views)
+
+
 async def run_stack(args: argparse.Namespace) -> int:
     """Serve a stack on a TUN until SIGINT or SIGTERM; return the exit status."""
     from netstack.sockets import create_datagram_endpoint, start_server
@@ -397,7 +491,7 @@ async def run_stack(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with TunStack(config) as running:
+    async with TunStack(config) as running, contextlib.AsyncExitStack() as views:
         stack = running.stack
         assert stack is not None
         wildcards = [
@@ -407,6 +501,7 @@ async def run_stack(args: argparse.Namespace) -> int:
         ]
         closers: list[Any] = []
         extra = ""
+        await _open_stack_views(args, running, views)
         for wildcard in wildcards:
             if args.udp_echo:
                 transport, _ = await create_datagram_endpoint(
@@ -440,14 +535,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_up(args)
     if args.command == "serve":
         return run_serve(args)
+    if args.command in ("inspect", "cache", "trace"):
+        from olm.controlclient import run
+
+        return run(args)
     if args.command == "demo":
         from olm.demo import main as demo_main
 
         return demo_main(trace=not args.quiet)
     if args.command == "stack":
         require_net_admin(f"creating TUN device {args.tun}")
+        from olm.serving import StartupError
+
         try:
             return asyncio.run(run_stack(args))
+        except StartupError as exc:
+            print(f"olm: {exc}", file=sys.stderr)
+            return exc.status
         except DeviceError as exc:
             print(f"olm: {exc}", file=sys.stderr)
             return 2 if exc.is_permission_error else 1

@@ -120,6 +120,22 @@ class FastestAddrSettings:
     cache_ttl: float = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class QueryLogSettings:
+    """``[query_log]``: one JSON line per answered query, off by default (names are private).
+
+    Clients are written as their ``ipv4_prefix``/``ipv6_prefix`` network (the full address
+    by default); the file is rotated at ``max_bytes``, keeping ``backups`` old files.
+    """
+
+    enabled: bool = False
+    path: str = "/var/log/olm/queries.jsonl"
+    max_bytes: int = 10 * 1024 * 1024
+    backups: int = 5
+    ipv4_prefix: int = 32
+    ipv6_prefix: int = 128
+
+
 @dataclass(slots=True)
 class Settings:
     """Every setting of olm, already checked."""
@@ -159,6 +175,12 @@ class Settings:
     fake_ip: FakeIpSettings = field(default_factory=FakeIpSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     fastest_addr: FastestAddrSettings = field(default_factory=FastestAddrSettings)
+    #: The control socket of ``olm inspect`` and ``olm trace``: a path, "auto" for
+    #: ``olm.control.default_path()`` (``/run/olm/olm.sock`` as root), or "" for none.
+    control: str = "auto"
+    #: Where ``/metrics`` is served (``ADDR:PORT``); None: no metrics.
+    metrics: str | None = None
+    query_log: QueryLogSettings = field(default_factory=QueryLogSettings)
 
     @property
     def data_files(self) -> list[str]:
@@ -244,6 +266,22 @@ def _listen(value: Any) -> list[str]:
         if not parsed.is_ip or parsed.scheme != "udp":
             raise ValueError(f"{item!r}: listen on IP:PORT")
     return items
+
+
+def _metrics(value: Any) -> str | None:
+    """``ADDR:PORT`` (IPv6 as ``[addr]:port``), or a bare port on loopback; "" turns it off."""
+    text = _text(value)
+    if not text or text.lower() in ("off", "none"):
+        return None
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
+    try:
+        parsed = parse_upstream(text)
+    except UpstreamConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if not parsed.is_ip or parsed.scheme != "udp" or ":" not in text.rpartition("]")[2]:
+        raise ValueError(f"{text!r}: give ADDR:PORT, e.g. 127.0.0.1:9153")
+    return text
 
 
 def _upstreams(value: Any) -> list[Any]:
@@ -557,6 +595,14 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "fastest_addr.mode": _choice("first", "only"),
     "fastest_addr.max_probes": _count,
     "fastest_addr.cache_ttl": _seconds,
+    "control": lambda v: "" if _text(v).lower() in ("off", "none") else _text(v),
+    "metrics": _metrics,
+    "query_log.enabled": _bool,
+    "query_log.path": _text,
+    "query_log.max_bytes": _size,
+    "query_log.backups": lambda v: _integer(0, 100, v),
+    "query_log.ipv4_prefix": lambda v: _integer(0, 32, v),
+    "query_log.ipv6_prefix": lambda v: _integer(0, 128, v),
 }
 _TABLES: dict[str, Any] = {
     "cache": CacheSettings,
@@ -564,6 +610,7 @@ _TABLES: dict[str, Any] = {
     "fake_ip": FakeIpSettings,
     "health": HealthSettings,
     "fastest_addr": FastestAddrSettings,
+    "query_log": QueryLogSettings,
 }
 #: Settings written as arrays of tables in TOML (``[[split]]``): checked whole, errors name
 #: the entry (``split[2]``) and the line of its header.
@@ -637,14 +684,22 @@ def _from_file(path: Path) -> dict[str, Any]:
 
 
 #: Settings naming files: written relative in a settings file, they are relative to its folder.
-_PATH_FIELDS = ("records_files", "hosts_files", "lines_file", "state_dir", "fake_ip.state_file")
+_PATH_FIELDS = (
+    "records_files",
+    "hosts_files",
+    "lines_file",
+    "state_dir",
+    "fake_ip.state_file",
+    "control",
+    "query_log.path",
+)
 
 
 def _relative_to(base: Path, values: dict[str, Any]) -> dict[str, Any]:
     """Make the relative paths of a settings file's values relative to its folder."""
 
     def place(item: str) -> str:
-        if not item or "://" in item or Path(item).is_absolute():
+        if not item or item == "auto" or "://" in item or Path(item).is_absolute():
             return item
         return str(base / item)
 

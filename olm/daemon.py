@@ -26,6 +26,7 @@ from olm.config import Settings
 from olm.dns.frontends import StackUdpServer
 from olm.runtime import TunStack, TunStackConfig, assign_service_addresses
 from olm.serving import DnsService, StartupError, Supervisor
+from olm.trace import Tracer
 
 __all__ = ["Daemon", "Service", "StartupError"]
 
@@ -70,6 +71,8 @@ class Service(DnsService):
 class Daemon(Supervisor):
     """``olm up``: a TUN, a FilteredDevice, the stack and the DNS proxy, until told to stop."""
 
+    kind = "up"
+
     def __init__(
         self,
         settings: Settings,
@@ -85,13 +88,13 @@ class Daemon(Supervisor):
         # which pay for it (docs/performance.md); bulk TCP is what gains.
         self.offload = offload
         self.resolv_conf = resolv_conf
-        self.stack: Stack | None = None
 
     async def run(self) -> int:
         """Serve until SIGINT/SIGTERM; return the exit status."""
         s = self.settings
         async with self.signals():
             stack = self.stack = Stack(AsyncioClock())
+            self.counters = stack.counters
             # No usable upstream, or a bad data file, is a startup error before anything is
             # created.
             service = Service(s, stack, self.resolv_conf)
@@ -113,6 +116,15 @@ class Daemon(Supervisor):
                     for prefix in ranges:
                         running.filtered.add_prefix_rule(prefix, self.fake_ip_packet)
                 await service.start()
+                self.tracer = Tracer(
+                    stack.counters,
+                    engines=[service.engine],
+                    stack=stack,
+                    link=running.link,
+                    dispatcher=running.filtered,
+                    nic=stack.nics["tun"],
+                    filtered=running.filtered,
+                )
                 await self.serve(
                     service,
                     f"olm: ready on {s.tun} ({', '.join(s.addresses)}) port 53, "

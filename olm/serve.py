@@ -20,6 +20,7 @@ from olm.config import Settings
 from olm.dns.frontends import KernelUdpServer
 from olm.dns.upstream import parse_upstream
 from olm.serving import DnsService, StartupError, Supervisor
+from olm.trace import Tracer
 
 __all__ = ["KernelService", "Serve", "dotproxy_environ", "listen_addresses"]
 
@@ -98,7 +99,6 @@ class Serve(Supervisor):
         super().__init__(reload_settings, ready)
         self.settings = settings
         self.resolv_conf = resolv_conf
-        self.counters = Counters()
 
     async def run(self) -> int:
         """Serve until SIGINT/SIGTERM; return the exit status."""
@@ -107,6 +107,7 @@ class Serve(Supervisor):
             service = KernelService(s, self.counters, self.resolv_conf)
             self.service = service
             await service.start()
+            self.tracer = Tracer(self.counters, engines=[service.engine])
             where = ", ".join(s.listen)
             await self.serve(service, f"olm: ready on {where}, {service.describe()}")
         return 0

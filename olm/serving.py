@@ -22,6 +22,7 @@ from typing import Any
 
 from netstack.clock import Clock
 from netstack.counters import Counters
+from netstack.stack import Stack
 from olm.config import ConfigError, Settings
 from olm.dns.engine import Engine
 from olm.dns.frontends import tcp_server
@@ -173,8 +174,11 @@ class Supervisor:
     """Runs a service until SIGINT/SIGTERM: reloads on SIGHUP, watches the data files.
 
     ``reload_settings`` re-reads flags, environment and file (None: SIGHUP does nothing);
-    ``ready`` gets the one line printed when serving.
+    ``ready`` gets the one line printed when serving. It is what the control socket shows
+    (:class:`olm.control.Inspectable`).
     """
+
+    kind = "serve"
 
     def __init__(
         self,
@@ -184,6 +188,12 @@ class Supervisor:
         self.reload_settings = reload_settings
         self.ready = ready or (lambda line: print(line, flush=True))
         self.service: DnsService | None = None
+        #: The userspace stack under the service (None for ``olm serve``: kernel sockets).
+        self.stack: Stack | None = None
+        #: The root of the counter tree (the stack's, or the service's own).
+        self.counters = Counters()
+        #: Follows packets and queries for ``olm trace`` (olm.trace.Tracer); set by run().
+        self.tracer: Any = None
         self._stop = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -203,13 +213,33 @@ class Supervisor:
         """Print ``line``, then serve until told to stop; stop the service, draining."""
         self.service = service
         watcher = asyncio.ensure_future(self._watch(service))
-        self.ready(line)
-        try:
-            await self._stop.wait()
-            log.info("stopping")
-        finally:
-            watcher.cancel()
-            await service.stop()
+        async with contextlib.AsyncExitStack() as views:
+            await self._open_views(service, views)
+            self.ready(line)
+            try:
+                await self._stop.wait()
+                log.info("stopping")
+            finally:
+                watcher.cancel()
+                await service.stop()
+
+    async def _open_views(self, service: DnsService, views: contextlib.AsyncExitStack) -> None:
+        """Open what looks inside: the control socket, ``/metrics``, the query log.
+
+        Each registers its closing with ``views``; a view that cannot open is a StartupError.
+        """
+        from olm.control import open_control
+
+        settings = service.settings
+        await open_control(settings.control, self, views)
+        if settings.metrics:
+            from olm.metrics import open_metrics
+
+            await open_metrics(settings.metrics, self.counters, service, views)
+        if settings.query_log.enabled:
+            from olm.querylog import open_query_log
+
+            open_query_log(settings.query_log, service.engine, views)
 
     def stop(self) -> None:
         """Ask the service to stop (as SIGTERM does)."""

@@ -47,6 +47,8 @@ TOOL_PACKAGES = {
     "unbound-control": "unbound",
     "microsocks": "microsocks",
     "systemd-analyze": "systemd",
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
 }
 
 _counter = itertools.count()

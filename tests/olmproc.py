@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,8 +28,23 @@ class OlmProcess:
         prefix: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
-        """Start ``olm args`` (after ``prefix``, e.g. setpriv) with ``env`` added."""
+        """Start ``olm args`` (after ``prefix``, e.g. setpriv) with ``env`` added.
+
+        A daemon gets a control socket of its own in a temporary folder (``self.control``),
+        never the machine's /run/olm, unless ``args`` name one; one started under ``prefix``
+        (another user) gets none.
+        """
         self.ns = ns
+        self.control: str | None = None
+        self._control_dir: str | None = None
+        args = list(args)
+        if args and args[0] in ("up", "serve", "stack") and "--control" not in args:
+            if prefix:
+                args[1:1] = ["--control", "none"]
+            else:
+                self._control_dir = tempfile.mkdtemp(prefix="olm-control-")
+                self.control = os.path.join(self._control_dir, "olm.sock")
+                args[1:1] = ["--control", self.control]
         self.proc: subprocess.Popen[str] = ns.popen(
             [*prefix, sys.executable, "-m", "olm", *args],
             stdout=subprocess.PIPE,
@@ -69,7 +86,20 @@ class OlmProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         out, err = self.proc.communicate(timeout=timeout)
+        if self._control_dir is not None:
+            shutil.rmtree(self._control_dir, ignore_errors=True)
         return self.proc.returncode, out, err
+
+    def inspect(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``olm ARGS --control <this daemon's socket>`` (inspect, trace, cache flush)."""
+        assert self.control is not None, "this daemon has no control socket"
+        return subprocess.run(
+            [sys.executable, "-m", "olm", *args, "--control", self.control],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=python_env(dict(os.environ)),
+        )
 
 
 def start_up(ns: NetNS, started: list[OlmProcess], tun: str, *args: str) -> OlmProcess:

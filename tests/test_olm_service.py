@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from dnslib import RCODE, DNSRecord
@@ -18,9 +19,16 @@ from olm.daemon import Service
 from olm.dns.cache import CacheSettings
 
 
-async def _service(upstream: str) -> tuple[Service, Stack]:
-    """A Service on 10.30.30.30 behind a channel, and a client stack wired to it."""
-    settings = Settings(addresses=["10.30.30.30"], upstreams=[upstream], timeout=2, deadline=3)
+async def _service(
+    upstream: str | list[str], client_address: str = "10.30.30.1", **more: Any
+) -> tuple[Service, Stack]:
+    """A Service on 10.30.30.30 behind a channel, and a client stack wired to it.
+
+    ``more`` are further Settings fields (timeout 2 and deadline 3 unless given).
+    """
+    upstreams = [upstream] if isinstance(upstream, str) else upstream
+    fields: dict[str, Any] = {"timeout": 2, "deadline": 3, **more}
+    settings = Settings(addresses=["10.30.30.30"], upstreams=upstreams, **fields)
     stack = Stack(AsyncioClock(), seed=2)
     link = ChannelEndpoint()
     stack.create_nic("tun", link)
@@ -30,7 +38,7 @@ async def _service(upstream: str) -> tuple[Service, Stack]:
     client = Stack(AsyncioClock(), seed=1)
     client_link = ChannelEndpoint()
     client.create_nic("tun", client_link)
-    client.add_address("tun", "10.30.30.1/24")
+    client.add_address("tun", f"{client_address}/24")
     client.add_route("0.0.0.0/0", "tun")
     LoopWire(client_link, link)
     return service, client

@@ -224,6 +224,21 @@ class FilteredDevice:
             self.counters.inc("unclaimed", len(unclaimed))
         return unclaimed
 
+    def rule_for(self, packet: bytes) -> str:
+        """Say which rule claims ``packet`` (for ``olm trace``), as :meth:`filter` decides."""
+        version = packet[0] >> 4 if packet else 0
+        if version not in (4, 6) or len(packet) < (20 if version == 4 else 40):
+            return "malformed: passed on"
+        dst = packet[16:20] if version == 4 else packet[24:40]
+        if dst in self._rules:
+            return f"address rule {ipaddress.ip_address(dst)}: to the stack"
+        if self._prefix_tables is not None:
+            address = ipaddress.ip_address(dst)
+            for network in self._prefix_rules:
+                if address in network:
+                    return f"prefix rule {network}"
+        return "no rule: passed on"
+
     def receive(self, packets: Iterable[bytes]) -> None:
         """Filter a batch read from the TUN and pass each unclaimed packet to ``next_consumer``."""
         consumer = self.next_consumer
