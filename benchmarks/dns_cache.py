@@ -41,12 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bare_tun_dns import answer as bare_answer
 from dnslib import EDNS0, QTYPE, RR, A, DNSRecord
 
+from netstack.adapters import create_datagram_endpoint
 from netstack.clock import AsyncioClock, ManualClock
 from netstack.counters import Counters
 from netstack.header.ipv4 import IPv4Header
 from netstack.header.udp import build_udp
 from netstack.link.channel import ChannelEndpoint
-from netstack.sockets import create_datagram_endpoint
 from netstack.stack import Stack, parse_address
 from olm.config import Settings
 from olm.dns.answer import learn

@@ -101,7 +101,7 @@ def stack_send(
     tun: str, host: str, port: int, size: int, rounds: int, offload: bool = True
 ) -> dict[str, Any]:
     """Run a Stack on ``tun``; ``rounds`` times send ``size`` bytes to the kernel sink."""
-    from netstack.sockets import open_connection
+    from netstack.adapters import open_connection
     from olm.runtime import TunStack, TunStackConfig
 
     async def run() -> dict[str, Any]:

@@ -38,9 +38,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from netstack.adapters import open_connection, start_server
 from netstack.clock import AsyncioClock
 from netstack.link.channel import ChannelEndpoint, LoopWire
-from netstack.sockets import open_connection, start_server
 from netstack.stack import Stack
 
 HERE = Path(__file__).resolve().parent

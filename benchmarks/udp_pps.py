@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bare_tun_echo import bare_echo
 
+from netstack.adapters import create_datagram_endpoint
 from netstack.clock import ManualClock
 from netstack.header.ipv4 import IPv4Header
 from netstack.header.ipv6 import IPv6Header
 from netstack.header.udp import build_udp
 from netstack.link.channel import ChannelEndpoint
-from netstack.sockets import create_datagram_endpoint
 from netstack.stack import Stack, parse_address
 
 HERE = Path(__file__).resolve().parent

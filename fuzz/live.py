@@ -29,6 +29,7 @@ from fuzz.packets import (
     Op,
     TcpToConnection,
 )
+from netstack.adapters import UDPSocket
 from netstack.clock import ManualClock
 from netstack.errors import ParseError, StackError
 from netstack.header.ipv4 import IPv4Header
@@ -36,7 +37,6 @@ from netstack.header.numbers import IPPROTO_TCP
 from netstack.header.tcp import ACK, FIN, RST, SYN, TCPHeader, TCPOptions, build_tcp
 from netstack.link.channel import ChannelEndpoint
 from netstack.ports import unspecified
-from netstack.sockets import UDPSocket
 from netstack.stack import Stack, StackOptions
 from netstack.transport.tcp.endpoint import TCPEndpoint
 from netstack.transport.tcp.listener import TCPListener

@@ -14,12 +14,12 @@ import asyncio
 import sys
 from typing import TextIO
 
+from netstack.adapters import UDPSocket, create_datagram_endpoint
 from netstack.clock import ManualClock
 from netstack.header import icmpv4
 from netstack.header.numbers import IPPROTO_ICMP
 from netstack.link.channel import ChannelEndpoint, Wire
 from netstack.link.sniffer import SnifferEndpoint
-from netstack.sockets import UDPSocket, create_datagram_endpoint
 from netstack.stack import Stack, parse_address
 
 

@@ -475,7 +475,7 @@ async def _open_stack_views(args: argparse.Namespace, running: Any, views: Any) 
 
 async def run_stack(args: argparse.Namespace) -> int:
     """Serve a stack on a TUN until SIGINT or SIGTERM; return the exit status."""
-    from netstack.sockets import create_datagram_endpoint, start_server
+    from netstack.adapters import create_datagram_endpoint, start_server
     from olm.runtime import TunStack, TunStackConfig
     from olm.services import EchoProtocol, tcp_discard, tcp_echo
 

@@ -54,7 +54,7 @@ class Service(DnsService):
 
     async def start(self) -> None:
         """Listen on port 53 over UDP and TCP on every service address."""
-        from netstack.transport.tcp.streams import start_server
+        from netstack.adapters import start_server
 
         for text in self.settings.addresses:
             self._datagram.append(StackUdpServer(self.engine, self.stack, text, DNS_PORT))

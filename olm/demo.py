@@ -24,12 +24,11 @@ from typing import TextIO
 
 from dnslib import AAAA, CNAME, QTYPE, RR, TXT, A, DNSRecord
 
+from netstack.adapters import UDPSocket, open_connection
 from netstack.clock import AsyncioClock
 from netstack.link.channel import ChannelEndpoint, LoopWire
 from netstack.link.sniffer import SnifferEndpoint
-from netstack.sockets import UDPSocket
 from netstack.stack import Stack
-from netstack.transport.tcp.streams import open_connection
 from olm.config import Settings
 from olm.daemon import Service
 from olm.device.filtered import FilteredDevice

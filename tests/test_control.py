@@ -20,8 +20,8 @@ from dnslib import DNSRecord
 from test_dns_proxy import answers_with, client_query, start_fake
 from test_olm_service import _service
 
+from netstack.adapters import UDPSocket
 from netstack.counters import Counters
-from netstack.sockets import UDPSocket
 from olm.control import ControlServer
 from olm.controlclient import ClientError, Connection
 from olm.dns.engine import Engine

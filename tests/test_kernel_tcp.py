@@ -137,7 +137,7 @@ STACK_CLIENT = r"""
 # argv: tun port size seed fault-json qdisc-args-json
 import asyncio, hashlib, json, random, subprocess, sys
 from netstack.link.fault import FaultEndpoint
-from netstack.sockets import open_connection
+from netstack.adapters import open_connection
 from olm.runtime import TunStack, TunStackConfig
 
 tun, port, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -189,7 +189,7 @@ asyncio.run(main())
 SINK_CLIENT = r"""
 # A stack client sending SIZE bytes to the kernel sink on both families; prints its summaries.
 import asyncio, json, random, sys
-from netstack.sockets import open_connection
+from netstack.adapters import open_connection
 from olm.runtime import TunStack, TunStackConfig
 
 tun, port, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

@@ -30,8 +30,8 @@ from prometheus_client.samples import Sample
 from test_dns_proxy import answers_with, client_query, start_fake
 from test_olm_service import _service
 
+from netstack.adapters import UDPSocket
 from netstack.counters import Counters
-from netstack.sockets import UDPSocket
 from olm.config import BlockSettings, FakeIpSettings
 from olm.daemon import Service
 from olm.metrics import (
@@ -497,7 +497,7 @@ LAZY = {
     "olm_udp_no_port_total": ("udp.no_port", _UDP, '"no_port"'),
     "olm_udp_receive_queue_full_total": (
         "udp.receive_queue_full",
-        "netstack/sockets.py",
+        "netstack/adapters/udp.py",
         '"receive_queue_full"',
     ),
     "olm_ipv4_not_for_this_host_total": ("ipv4.not_for_us", _IPV4, '"not_for_us"'),

@@ -10,9 +10,9 @@ import pytest
 from dnslib import RCODE, DNSRecord
 from test_dns_proxy import answers_with, client_query, start_fake
 
+from netstack.adapters import UDPSocket
 from netstack.clock import AsyncioClock
 from netstack.link.channel import ChannelEndpoint, LoopWire
-from netstack.sockets import UDPSocket
 from netstack.stack import Stack
 from olm.config import ConfigError, Settings
 from olm.daemon import Service

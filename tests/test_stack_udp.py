@@ -7,12 +7,12 @@ import errno
 
 import pytest
 
+from netstack.adapters import UDPSocket, create_datagram_endpoint
 from netstack.header import icmpv4, icmpv6
 from netstack.header.ipv4 import IPv4Header
 from netstack.header.ipv6 import IPv6Header
 from netstack.header.udp import UDPHeader
 from netstack.link.channel import ChannelEndpoint, Wire
-from netstack.sockets import UDPSocket, create_datagram_endpoint
 from netstack.stack import Stack
 from netstack.transport.udp import UDPEndpoint
 

@@ -7,11 +7,11 @@ import hashlib
 
 import pytest
 
+from netstack.adapters import TCPTransport, open_connection, start_server
 from netstack.clock import AsyncioClock
 from netstack.link.channel import ChannelEndpoint
 from netstack.stack import Stack
 from netstack.transport.tcp import TCPConfig
-from netstack.transport.tcp.streams import TCPTransport, open_connection, start_server
 from tests.test_tcp_harness import A4, A6, B4, B6, add_tcp, make_host
 
 

@@ -1,4 +1,4 @@
-"""asyncio streams over stack TCP: ``open_connection`` and ``start_server``.
+"""asyncio streams over the stack's TCP: ``open_connection`` and ``start_server``.
 
 The reader and writer are the standard library's own ``asyncio.StreamReader`` and
 ``asyncio.StreamWriter``, driven through ``asyncio.StreamReaderProtocol`` by
@@ -9,18 +9,23 @@ written for ``asyncio.open_connection`` runs unchanged:
   overflow) is full: real back-pressure from the peer's window and the congestion window;
 * the ``StreamReader`` pausing the transport shrinks the advertised receive window;
 * ``writer.write_eof()`` is a TCP half close (FIN after the queued data).
+
+Addresses and errors are those of every adapter (:mod:`netstack.adapters.address`,
+:mod:`netstack.adapters.errors`): a refused connection raises ConnectionRefusedError, a port
+in use OSError(EADDRINUSE), as with kernel sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from netstack.ports import unspecified
-from netstack.stack import Stack, format_address, parse_address
+from netstack.adapters.address import Address, is_wildcard, pack_address, unpack_address
+from netstack.adapters.errors import os_error, stack_error
+from netstack.errors import StackError
+from netstack.stack import Stack
 from netstack.transport.tcp.endpoint import TCPEndpoint
 from netstack.transport.tcp.listener import TCPListener
 from netstack.transport.tcp.protocol import TCPProtocol
@@ -29,9 +34,7 @@ ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitab
 
 _DEFAULT_LIMIT = 2**16  # asyncio.streams._DEFAULT_LIMIT
 
-
-def _os_error(code: int) -> OSError:
-    return OSError(code, os.strerror(code))  # OSError picks the subclass from errno
+__all__ = ["ClientConnected", "Server", "TCPTransport", "open_connection", "start_server", "tcp_of"]
 
 
 def tcp_of(stack: Stack) -> TCPProtocol:
@@ -40,14 +43,6 @@ def tcp_of(stack: Stack) -> TCPProtocol:
     if not isinstance(tcp, TCPProtocol):
         raise RuntimeError("the stack has no TCP protocol registered")
     return tcp
-
-
-def _address(host: str | None) -> bytes:
-    if host is None or host in ("", "0.0.0.0"):
-        return unspecified(4)
-    if host == "::":
-        return unspecified(16)
-    return parse_address(host)
 
 
 class TCPTransport(asyncio.Transport):
@@ -237,9 +232,9 @@ class TCPTransport(asyncio.Transport):
         """'peername', 'sockname' as (host, port); 'tcp_endpoint' for the endpoint itself."""
         ep = self._ep
         if name == "peername":
-            return (format_address(ep.remote_addr), ep.remote_port)
+            return unpack_address(ep.remote_addr, ep.remote_port)
         if name == "sockname":
-            return (format_address(ep.local_addr), ep.local_port)
+            return unpack_address(ep.local_addr, ep.local_port)
         if name == "tcp_endpoint":
             return ep
         return default
@@ -251,9 +246,9 @@ class ListeningSocket:
     def __init__(self, listener: TCPListener) -> None:
         self._listener = listener
 
-    def getsockname(self) -> tuple[str, int]:
+    def getsockname(self) -> Address:
         """Return the (host, port) the server listens on."""
-        return (format_address(self._listener.local_addr), self._listener.local_port)
+        return unpack_address(self._listener.local_addr, self._listener.local_port)
 
 
 class Server:
@@ -338,7 +333,11 @@ async def start_server(
     becomes a task). ``host`` None or "" means every IPv4 address, "::" every IPv6 address.
     """
     loop = asyncio.get_running_loop()
-    listener = tcp_of(stack).listen(_address(host), port, backlog)
+    addr, port = pack_address((host, port))
+    try:
+        listener = tcp_of(stack).listen(addr, port, backlog)
+    except StackError as exc:
+        raise stack_error(exc) from exc
     return Server(loop, listener, client_connected_cb, limit)
 
 
@@ -348,17 +347,26 @@ async def open_connection(
     port: int,
     *,
     limit: int = _DEFAULT_LIMIT,
-    local_addr: tuple[str, int] | None = None,
+    local_addr: Address | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to (host, port) through the stack, like ``asyncio.open_connection``.
 
-    Raises ConnectionRefusedError (RST or ICMP), TimeoutError (no answer) and friends.
+    Raises ConnectionRefusedError (RST or ICMP), TimeoutError (no answer) and friends;
+    ``local_addr`` picks the source (a wildcard host leaves the choice to the route).
     """
     loop = asyncio.get_running_loop()
     tcp = tcp_of(stack)
-    local = parse_address(local_addr[0]) if local_addr and local_addr[0] else None
-    local_port = local_addr[1] if local_addr else 0
-    ep = tcp.connect(parse_address(host), port, local=local, local_port=local_port)
+    remote, port = pack_address((host, port))
+    local: bytes | None = None
+    local_port = 0
+    if local_addr is not None:
+        local, local_port = pack_address(local_addr)
+        if is_wildcard(local):
+            local = None
+    try:
+        ep = tcp.connect(remote, port, local=local, local_port=local_port)
+    except StackError as exc:
+        raise stack_error(exc) from exc
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     transport = TCPTransport(loop, ep, protocol)
@@ -372,7 +380,7 @@ async def open_connection(
 
     def failed(exc: BaseException | None) -> None:
         if not done.done():
-            done.set_exception(exc or _os_error(errno.ECONNRESET))
+            done.set_exception(exc or os_error(errno.ECONNRESET))
 
     ep.on_established = established
     ep.on_close = failed
