@@ -289,8 +289,7 @@ class Stack:
         nic.link.attach(None)
         for entry in nic.addresses:
             self._local_addresses.pop(entry.address, None)
-            if len(entry.address) == 16:
-                self.ipv6.leave_solicited_node(entry.address)
+            self._solicited_node(entry.address, join=False)
         self.routes.remove_nic(nic)
         self._route_cache.clear()
 
@@ -307,8 +306,7 @@ class Stack:
         nic.addresses.append(AddressEntry(packed, iface.network.prefixlen))
         self._local_addresses[packed] = nic
         self._route_cache.clear()
-        if len(packed) == 16:
-            self.ipv6.join_solicited_node(packed)
+        self._solicited_node(packed, join=True)
         return packed
 
     def remove_address(self, address: str) -> None:
@@ -318,9 +316,18 @@ class Stack:
         if nic is None:
             raise AddressError(f"{address} is not assigned")
         nic.addresses = [e for e in nic.addresses if e.address != packed]
-        if len(packed) == 16:
-            self.ipv6.leave_solicited_node(packed)
+        self._solicited_node(packed, join=False)
         self._route_cache.clear()
+
+    def _solicited_node(self, address: bytes, *, join: bool) -> None:
+        """Join or leave the solicited-node group of an IPv6 address (RFC 4291 2.7.1)."""
+        ipv6 = self.networks.get(6)
+        if len(address) != 16 or not isinstance(ipv6, IPv6Protocol):
+            return
+        if join:
+            ipv6.join_solicited_node(address)
+        else:
+            ipv6.leave_solicited_node(address)
 
     def add_route(self, destination: str, nic_name: str, gateway: str | None = None) -> None:
         """Route ``destination`` (a prefix like ``"0.0.0.0/0"`` or ``"fd00::/8"``) via a NIC."""
