@@ -1,10 +1,13 @@
-"""The Stack: NICs, addresses, routes, protocols, ports and counters.
+"""The Stack: the registered protocols, NICs, addresses, routes, path MTUs and counters.
 
-The one object an application holds. Packets come in through a NIC's link endpoint
-(``NIC.deliver_network_packet``), go up through the network protocol of their IP version to the
-transport protocol named in the header, and end at an endpoint found by the transport's
-demultiplexer. Packets go out through a :class:`Route` (which NIC, which source address, what
-MTU) to the network protocol, which writes them to the NIC's link endpoint.
+The one object an application holds. It is built from registered protocols (the interfaces are
+in :mod:`netstack.protocols`): network protocols by IP version, transport protocols by IP
+protocol number. Packets come in through a NIC's link endpoint
+(``NIC.deliver_network_packet``), go up through the network protocol registered for their IP
+version to the transport registered for the protocol in the header, and end at an endpoint
+found by the transport's demultiplexer. Packets go out through :meth:`Stack.send` along a
+:class:`~netstack.protocols.Route` (which NIC, which source address, what MTU) to the network
+protocol, which writes them to the NIC's link endpoint.
 
 Addresses inside the stack are ``bytes`` (4 or 16 long); the socket layer converts text.
 """
@@ -38,8 +41,8 @@ from netstack.protocols import (
 from netstack.transport.tcp.protocol import TCPProtocol
 from netstack.transport.udp import UDPProtocol
 
-# Names that lived here before the interfaces moved to netstack.protocols, netstack.addresses
-# and netstack.errors; the application and the adapters still import them from the stack.
+# Besides its own classes the stack re-exports what an application needs with it: Control,
+# Route and StackOptions (netstack.protocols), the address helpers and the address errors.
 __all__ = [
     "NIC",
     "AddressEntry",
@@ -101,7 +104,8 @@ class NIC:
         self.addresses: list[AddressEntry] = []
         self.counters = stack.counters.child("nic").child(name)
         self.enabled = True
-        self._networks = stack.networks  # the stack's registration table, by IP version
+        # The stack's network protocols as 16 slots, one per value of the version nibble.
+        self._by_version = stack._by_version
 
     @property
     def mtu(self) -> int:
@@ -115,7 +119,7 @@ class NIC:
         if not packet:
             self.counters.inc("rx_empty")
             return
-        network = self._networks.get(packet[0] >> 4)  # the IP version nibble
+        network = self._by_version[packet[0] >> 4]
         if network is None:
             self.counters.inc("rx_unknown_version")
             return
@@ -224,6 +228,8 @@ class Stack:
         # The registration tables: network protocols by IP version, transports by number.
         self.networks: dict[int, NetworkProtocol] = {}
         self.transports: dict[int, TransportProtocol] = {}
+        # ``networks`` again as a list indexed by the version nibble: the NIC's lookup.
+        self._by_version: list[NetworkProtocol | None] = [None] * 16
         # ICMP belongs to the network layer; IPv4 and IPv6 share it (RFC 792, RFC 4443).
         self.icmp = ICMP(self)
         for make_network in network:
@@ -235,7 +241,10 @@ class Stack:
 
     def register_network(self, protocol: NetworkProtocol) -> None:
         """Make ``protocol`` receive packets whose IP version is ``protocol.number``."""
+        if not 0 <= protocol.number < len(self._by_version):
+            raise StackError(f"{protocol.number} is no IP version (RFC 791: four bits)")
         self.networks[protocol.number] = protocol
+        self._by_version[protocol.number] = protocol
 
     def register_transport(self, protocol: TransportProtocol) -> None:
         """Make ``protocol`` receive packets whose IP protocol number is ``protocol.number``."""
