@@ -108,13 +108,17 @@ class NetworkInterface(Protocol):
 
 @dataclass(slots=True)
 class Route:
-    """Where a packet to ``remote`` goes: out of ``nic``, from ``local``, at most ``mtu`` bytes."""
+    """Where a packet to ``remote`` goes: out of ``nic``, from ``local``, at most ``mtu`` bytes.
+
+    ``network`` is the network protocol of the addresses' family, which carries the packet.
+    """
 
     nic: NetworkInterface
     local: bytes
     remote: bytes
     next_hop: bytes | None
     mtu: int
+    network: NetworkProtocol
 
 
 class TransportProtocol(Protocol):
@@ -158,7 +162,6 @@ class NetworkProtocol(Protocol):
         route: Route,
         protocol: int,
         payload: bytes,
-        *,
         ttl: int | None = None,
         dont_fragment: bool = False,
     ) -> bool:
@@ -212,6 +215,10 @@ class StackServices(Protocol):
     @property
     def counters(self) -> Counters:
         """The root of the stack's counter tree; each protocol takes a child."""
+
+    @property
+    def networks(self) -> Mapping[int, NetworkProtocol]:
+        """The registered network protocols by IP version."""
 
     @property
     def transports(self) -> Mapping[int, TransportProtocol]:

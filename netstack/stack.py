@@ -245,6 +245,7 @@ class Stack:
             raise StackError(f"{protocol.number} is no IP version (RFC 791: four bits)")
         self.networks[protocol.number] = protocol
         self._by_version[protocol.number] = protocol
+        self._route_cache.clear()  # cached routes name the protocol they were found for
 
     def register_transport(self, protocol: TransportProtocol) -> None:
         """Make ``protocol`` receive packets whose IP protocol number is ``protocol.number``."""
@@ -394,7 +395,11 @@ class Stack:
                 raise AddressError(f"no local address to reach {format_address(remote)}")
         elif local not in self._local_addresses:
             raise AddressError(f"{format_address(local)} is not a local address")
-        return Route(nic, local, remote, entry.gateway, self.path_mtu(remote, nic.mtu))
+        network = self._by_version[4 if len(remote) == 4 else 6]
+        if network is None:
+            raise NoRouteError(f"no network protocol for {format_address(remote)}")
+        mtu = self.path_mtu(remote, nic.mtu)
+        return Route(nic, local, remote, entry.gateway, mtu, network)
 
     # -- path MTU (RFC 1191, RFC 8201) -----------------------------------------------------
 
@@ -447,8 +452,7 @@ class Stack:
         Limit (None: ``options.default_ttl``). ``dont_fragment`` keeps the packet whole: TCP
         asks for it because it sizes segments to the path MTU (RFC 1191, RFC 9293 3.7.1).
         """
-        network = self.networks[4 if len(route.remote) == 4 else 6]
-        return network.send(route, protocol, payload, ttl=ttl, dont_fragment=dont_fragment)
+        return route.network.send(route, protocol, payload, ttl, dont_fragment)
 
     def write(self, nic: NIC, packets: Iterable[bytes]) -> int:
         """Write already-built IP packets out of ``nic``."""

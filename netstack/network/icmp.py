@@ -113,7 +113,8 @@ class ICMP:
             return self.stack.find_route(remote, local)
         except NoRouteError:
             self.stack.counters.inc("route.reply_via_ingress")
-            return Route(nic, local, remote, None, nic.mtu)
+            network = self.stack.networks[4 if len(remote) == 4 else 6]
+            return Route(nic, local, remote, None, nic.mtu, network)
 
     # -- IPv4 ------------------------------------------------------------------------------
 

@@ -127,10 +127,10 @@ class IPv4Protocol:
         route: Route,
         protocol: int,
         payload: bytes,
-        *,
         ttl: int | None = None,
-        tos: int = 0,
         dont_fragment: bool = False,
+        *,
+        tos: int = 0,
     ) -> bool:
         """Send ``payload`` as one IPv4 datagram along ``route``, fragmenting it if needed.
 

@@ -303,9 +303,9 @@ class IPv6Protocol:
         route: Route,
         protocol: int,
         payload: bytes,
-        *,
         ttl: int | None = None,
         dont_fragment: bool = False,
+        *,
         traffic_class: int = 0,
     ) -> bool:
         """Send ``payload`` as one IPv6 packet along ``route``, fragmenting it at the source.
