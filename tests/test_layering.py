@@ -97,6 +97,12 @@ def test_an_import_against_the_layers_is_reported(tmp_path: Path) -> None:
     assert "toystack.header.ipv4 -> toystack.stack" in result.stdout
 
 
+def _copy_project(to: Path) -> None:
+    for package in ("netstack", "olm"):
+        shutil.copytree(ROOT / package, to / package, ignore=shutil.ignore_patterns("*.pyc"))
+    shutil.copy(ROOT / "pyproject.toml", to / "pyproject.toml")
+
+
 @pytest.mark.parametrize(
     ("module", "line", "contract"),
     [
@@ -104,15 +110,19 @@ def test_an_import_against_the_layers_is_reported(tmp_path: Path) -> None:
         ("transport/udp.py", "from netstack.network import ipv4", "netstack layers"),
         ("network/icmp.py", "from netstack.transport import udp", "netstack layers"),
         ("protocols.py", "import netstack.stack", "netstack layers"),
+        (
+            "network/ipv4.py",
+            "import typing\nif typing.TYPE_CHECKING:\n    from netstack.stack import Stack",
+            "netstack layers",
+        ),
         ("link/channel.py", "import olm", "netstack never imports olm"),
+        ("network/fragment.py", "from netstack.network import ipv4", "no import cycles"),
     ],
 )
 def test_the_project_contracts_catch_a_wrong_import(
     tmp_path: Path, module: str, line: str, contract: str
 ) -> None:
-    for package in ("netstack", "olm"):
-        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("*.pyc"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    _copy_project(tmp_path)
     assert lint_imports(tmp_path, tmp_path / "pyproject.toml").returncode == 0
     target = tmp_path / "netstack" / module
     target.write_text(target.read_text() + f"\n{line}  # noqa\n")
@@ -120,6 +130,19 @@ def test_the_project_contracts_catch_a_wrong_import(
     assert result.returncode != 0
     broken = result.stdout.split("Broken contracts", 1)[1]
     assert contract in broken
+
+
+def test_the_adapters_layer_may_come_and_sits_above_the_stack(tmp_path: Path) -> None:
+    _copy_project(tmp_path)
+    adapters = tmp_path / "netstack" / "adapters"
+    adapters.mkdir()
+    (adapters / "__init__.py").write_text("from netstack.stack import Stack\n")
+    assert lint_imports(tmp_path, tmp_path / "pyproject.toml").returncode == 0
+    stack = tmp_path / "netstack" / "stack.py"
+    stack.write_text(stack.read_text() + "\nimport netstack.adapters  # noqa\n")
+    result = lint_imports(tmp_path, tmp_path / "pyproject.toml")
+    assert result.returncode != 0
+    assert "netstack.stack -> netstack.adapters" in result.stdout
 
 
 # -- registration, and the network layer answering on the transport's word -------------------
