@@ -39,7 +39,6 @@ class IPv4Protocol:
 
     def __init__(self, stack: NetworkServices) -> None:
         self.stack = stack
-        self.icmp = stack.icmp
         self.counters = stack.counters.child("ipv4")
         opts = stack.options
         self.reassembler = Reassembler(
@@ -93,17 +92,17 @@ class IPv4Protocol:
             if transport.handle_packet(nic, src, dst, payload, packet) is UNKNOWN_DESTINATION:
                 # RFC 1122 sections 3.2.2.1 and 4.1.3.1: no endpoint on the port, so the
                 # network layer answers Destination Unreachable, Port Unreachable.
-                self.icmp.send_error_v4(
+                stack.icmp.send_error_v4(
                     nic, packet, icmpv4.DEST_UNREACHABLE, icmpv4.PORT_UNREACHABLE
                 )
         elif proto == IPPROTO_ICMP:
             # Not a hot path: ICMP gets the full header record.
-            self.icmp.receive_v4(
+            stack.icmp.receive_v4(
                 nic, IPv4Header.parse(packet, verify_checksum=False), payload, packet
             )
         else:
             c.inc("unknown_protocol")
-            self.icmp.send_error_v4(
+            stack.icmp.send_error_v4(
                 nic, packet, icmpv4.DEST_UNREACHABLE, icmpv4.PROTOCOL_UNREACHABLE
             )
 
@@ -111,7 +110,7 @@ class IPv4Protocol:
         # RFC 792 / RFC 1122 section 3.3.2: time exceeded, code 1, if the first fragment came.
         nic = self.stack.nic_of(key[1])  # type: ignore[index]
         if nic is not None and isinstance(first, bytes):
-            self.icmp.send_error_v4(
+            self.stack.icmp.send_error_v4(
                 nic, first, icmpv4.TIME_EXCEEDED, icmpv4.REASSEMBLY_TIME_EXCEEDED
             )
 

@@ -51,7 +51,6 @@ class IPv6Protocol:
 
     def __init__(self, stack: NetworkServices) -> None:
         self.stack = stack
-        self.icmp = stack.icmp
         self.counters = stack.counters.child("ipv6")
         opts = stack.options
         self.reassembler = Reassembler(
@@ -120,11 +119,11 @@ class IPv6Protocol:
             if transport.handle_packet(nic, hdr.src, dst, payload, packet) is UNKNOWN_DESTINATION:
                 # RFC 4443 section 3.1: no endpoint on the port, so the network layer answers
                 # Destination Unreachable, code 4 (port unreachable).
-                self.icmp.send_error_v6(
+                stack.icmp.send_error_v6(
                     nic, packet, icmpv6.DEST_UNREACHABLE, icmpv6.PORT_UNREACHABLE
                 )
         elif proto == IPPROTO_ICMPV6:
-            self.icmp.receive_v6(nic, hdr, payload, packet)
+            stack.icmp.receive_v6(nic, hdr, payload, packet)
         elif proto == IPPROTO_NONE:
             c.inc("no_next_header")
         else:
@@ -132,7 +131,7 @@ class IPv6Protocol:
             # RFC 8200 section 4: unrecognized Next Header -> Parameter Problem, code 1,
             # pointing at the octet that named it.
             pointer = self._last_next_header_offset(packet, hdr.next_header)
-            self.icmp.send_error_v6(
+            stack.icmp.send_error_v6(
                 nic,
                 packet,
                 icmpv6.PARAMETER_PROBLEM,
@@ -151,7 +150,7 @@ class IPv6Protocol:
             c.inc("malformed." + exc.reason)
             if exc.reason == "hop_by_hop_not_first":
                 # RFC 8200 section 4.1: Hop-by-Hop anywhere else -> Parameter Problem code 1.
-                self.icmp.send_error_v6(
+                self.stack.icmp.send_error_v6(
                     nic, packet, icmpv6.PARAMETER_PROBLEM, icmpv6.UNRECOGNIZED_NEXT_HEADER, 6
                 )
             return None
@@ -170,14 +169,14 @@ class IPv6Protocol:
         if frag.more and len(data) % 8:
             # RFC 8200 section 4.5: Parameter Problem code 0 pointing at the Payload Length.
             c.inc("malformed.fragment_length")
-            self.icmp.send_error_v6(
+            self.stack.icmp.send_error_v6(
                 nic, packet, icmpv6.PARAMETER_PROBLEM, icmpv6.ERRONEOUS_HEADER, 4
             )
             return None
         if after - IPV6_HEADER_LEN + frag.offset + len(data) > 65535:
             # RFC 8200 section 4.5: the reassembled packet would exceed 65535 octets.
             c.inc("malformed.fragment_too_big")
-            self.icmp.send_error_v6(
+            self.stack.icmp.send_error_v6(
                 nic, packet, icmpv6.PARAMETER_PROBLEM, icmpv6.ERRONEOUS_HEADER, frag_at + 2
             )
             return None
@@ -236,7 +235,7 @@ class IPv6Protocol:
                 # RFC 8200 section 4.4: we implement no routing type; with Segments Left > 0
                 # the packet is discarded with a Parameter Problem pointing at the type field.
                 self.counters.inc("routing_header_dropped")
-                self.icmp.send_error_v6(
+                self.stack.icmp.send_error_v6(
                     nic, packet, icmpv6.PARAMETER_PROBLEM, icmpv6.ERRONEOUS_HEADER, offset + 2
                 )
                 return False
@@ -262,7 +261,7 @@ class IPv6Protocol:
                     i += 2 + length
                     continue
                 if action == 2 or (action == 3 and hdr.dst[0] != 0xFF):
-                    self.icmp.send_error_v6(
+                    self.stack.icmp.send_error_v6(
                         nic,
                         packet,
                         icmpv6.PARAMETER_PROBLEM,
@@ -292,7 +291,7 @@ class IPv6Protocol:
         # RFC 8200 section 4.5: Time Exceeded code 1, only if the first fragment arrived.
         nic = self.stack.nic_of(key[1])  # type: ignore[index]
         if nic is not None and first is not None:
-            self.icmp.send_error_v6(
+            self.stack.icmp.send_error_v6(
                 nic, first[0], icmpv6.TIME_EXCEEDED, icmpv6.REASSEMBLY_TIME_EXCEEDED
             )
 
