@@ -25,3 +25,11 @@ class StackError(Exception):
 
 class MessageTooLongError(StackError):
     """A datagram is larger than its protocol can carry (EMSGSIZE)."""
+
+
+class NoRouteError(StackError):
+    """No route leads to the destination (ENETUNREACH)."""
+
+
+class AddressError(StackError):
+    """An address is malformed or not assigned to the stack (EADDRNOTAVAIL)."""

@@ -1,100 +1,70 @@
-"""The Stack: NICs, addresses, routes, protocols, ports and counters.
+"""The Stack: the registered protocols, NICs, addresses, routes, path MTUs and counters.
 
-The one object an application holds. Packets come in through a NIC's link endpoint
-(``NIC.deliver_network_packet``), go up through the network protocol of their IP version to the
-transport protocol named in the header, and end at an endpoint found by the transport's
-demultiplexer. Packets go out through a :class:`Route` (which NIC, which source address, what
-MTU) to the network protocol, which writes them to the NIC's link endpoint.
+The one object an application holds. It is built from registered protocols (the interfaces are
+in :mod:`netstack.protocols`): network protocols by IP version, transport protocols by IP
+protocol number. Packets come in through a NIC's link endpoint
+(``NIC.deliver_network_packet``), go up through the network protocol registered for their IP
+version to the transport registered for the protocol in the header, and end at an endpoint
+found by the transport's demultiplexer. Packets go out through :meth:`Stack.send` along a
+:class:`~netstack.protocols.Route` (which NIC, which source address, what MTU) to the network
+protocol, which writes them to the NIC's link endpoint.
 
 Addresses inside the stack are ``bytes`` (4 or 16 long); the socket layer converts text.
 """
 
 from __future__ import annotations
 
-import enum
-import functools
 import ipaddress
 import random
-import socket
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, TypeVar
 
+from netstack.addresses import format_address, format_endpoint, parse_address
 from netstack.clock import Clock
 from netstack.counters import Counters
-from netstack.errors import StackError
+from netstack.errors import AddressError, NoRouteError, StackError
 from netstack.link import LinkEndpoint
+from netstack.network.icmp import ICMP
+from netstack.network.ipv4 import IPv4Protocol
+from netstack.network.ipv6 import IPv6Protocol
+from netstack.protocols import (
+    Control,
+    NetworkProtocol,
+    NetworkProtocolFactory,
+    Route,
+    StackOptions,
+    TransportProtocol,
+    TransportProtocolFactory,
+)
+from netstack.transport.tcp.protocol import TCPProtocol
+from netstack.transport.udp import UDPProtocol
 
-if TYPE_CHECKING:
-    from netstack.network.icmp import ICMP
-    from netstack.network.ipv4 import IPv4Protocol
-    from netstack.network.ipv6 import IPv6Protocol
-    from netstack.transport.udp import UDPProtocol
+# Besides its own classes the stack re-exports what an application needs with it: Control,
+# Route and StackOptions (netstack.protocols), the address helpers and the address errors.
+__all__ = [
+    "NIC",
+    "AddressEntry",
+    "AddressError",
+    "Control",
+    "NoRouteError",
+    "Route",
+    "RouteEntry",
+    "RouteTable",
+    "Stack",
+    "StackOptions",
+    "format_address",
+    "format_endpoint",
+    "parse_address",
+]
 
+DEFAULT_NETWORK: tuple[NetworkProtocolFactory, ...] = (IPv4Protocol, IPv6Protocol)
+"""The network protocols a stack registers unless told otherwise."""
+DEFAULT_TRANSPORT: tuple[TransportProtocolFactory, ...] = (UDPProtocol, TCPProtocol)
+"""The transport protocols a stack registers unless told otherwise."""
 
-class NoRouteError(StackError):
-    """No route leads to the destination (ENETUNREACH)."""
-
-
-class AddressError(StackError):
-    """An address is malformed or not assigned to the stack (EADDRNOTAVAIL)."""
-
-
-class Control(enum.Enum):
-    """What an ICMP error tells a transport about a packet it sent."""
-
-    NET_UNREACHABLE = "net_unreachable"
-    HOST_UNREACHABLE = "host_unreachable"
-    PROTOCOL_UNREACHABLE = "protocol_unreachable"
-    PORT_UNREACHABLE = "port_unreachable"
-    ADMIN_PROHIBITED = "admin_prohibited"
-    PACKET_TOO_BIG = "packet_too_big"
-    TIME_EXCEEDED = "time_exceeded"
-    PARAMETER_PROBLEM = "parameter_problem"
-
-
-class TransportProtocol(Protocol):
-    """A transport protocol registered with the stack (UDP, TCP)."""
-
-    number: int
-
-    def handle_packet(
-        self, nic: NIC, src: bytes, dst: bytes, payload: memoryview, packet: bytes
-    ) -> None:
-        """Take one inbound transport packet; ``packet`` is the whole IP datagram (for ICMP)."""
-
-    def handle_control(
-        self, control: Control, local: bytes, remote: bytes, header: bytes, info: int
-    ) -> None:
-        """Take an ICMP error about a packet we sent from ``local`` to ``remote``.
-
-        ``header`` holds the start of our original transport header (at least 8 bytes);
-        ``info`` is the next-hop MTU for PACKET_TOO_BIG, else 0.
-        """
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_address(text: str) -> bytes:
-    """Return the packed form of an IPv4 or IPv6 address given as text."""
-    try:
-        return ipaddress.ip_address(text).packed
-    except ValueError as exc:
-        raise AddressError(f"not an IP address: {text!r}") from exc
-
-
-@functools.lru_cache(maxsize=4096)
-def format_address(addr: bytes) -> str:
-    """Return the text form of a packed IPv4 or IPv6 address."""
-    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
-
-
-def format_endpoint(addr: bytes | None, port: int) -> str:
-    """Return ``addr:port`` as ``ss`` prints it: ``[addr]:port`` for IPv6, ``*:*`` for none."""
-    if not addr:
-        return "*:*"
-    text = format_address(addr)
-    return f"[{text}]:{port}" if len(addr) == 16 else f"{text}:{port}"
+_P = TypeVar("_P")
 
 
 def _endpoint_order(text: str) -> tuple[int, bytes, int]:
@@ -104,24 +74,6 @@ def _endpoint_order(text: str) -> tuple[int, bytes, int]:
         return (0, b"", 0)
     packed = parse_address(host.strip("[]"))
     return (len(packed), packed, int(port))
-
-
-@dataclass(slots=True)
-class StackOptions:
-    """Tunable limits and defaults; every bound in the stack has its knob here."""
-
-    default_ttl: int = 64
-    ipv4_reassembly_timeout: float = 30.0  # RFC 791 suggests 15 s upward; Linux uses 30 s
-    ipv6_reassembly_timeout: float = 60.0  # RFC 8200 section 4.5
-    reassembly_memory: int = 4 * 1024 * 1024  # bytes held by incomplete datagrams, per family
-    reassembly_datagrams: int = 1024  # incomplete datagrams in progress, per family
-    icmp_rate: float = 1000.0  # ICMP errors per second (token bucket; RFC 4443 section 2.4(f))
-    icmp_burst: int = 50
-    udp_receive_queue: int = 512  # datagrams queued per UDP socket before drops
-    pmtu_entries: int = 1024
-    route_cache_entries: int = 4096  # cached route lookups; the cache is flushed when full
-    pmtu_lifetime: float = 600.0  # RFC 8201 section 4: retry a larger PMTU after ~10 minutes
-    ephemeral_ports: tuple[int, int] = (32768, 60999)
 
 
 @dataclass(slots=True)
@@ -152,6 +104,8 @@ class NIC:
         self.addresses: list[AddressEntry] = []
         self.counters = stack.counters.child("nic").child(name)
         self.enabled = True
+        # The stack's network protocols as 16 slots, one per value of the version nibble.
+        self._by_version = stack._by_version
 
     @property
     def mtu(self) -> int:
@@ -165,13 +119,11 @@ class NIC:
         if not packet:
             self.counters.inc("rx_empty")
             return
-        version = packet[0] >> 4
-        if version == 4:
-            self.stack.ipv4.receive(self, packet)
-        elif version == 6:
-            self.stack.ipv6.receive(self, packet)
-        else:
+        network = self._by_version[packet[0] >> 4]
+        if network is None:
             self.counters.inc("rx_unknown_version")
+            return
+        network.receive(self, packet)
 
     def write(self, packets: list[bytes]) -> int:
         """Send raw IP packets on the link; return how many it accepted."""
@@ -193,17 +145,6 @@ class NIC:
             if best is None:
                 best = entry.address
         return best
-
-
-@dataclass(slots=True)
-class Route:
-    """Where a packet to ``remote`` goes: out of ``nic``, from ``local``, at most ``mtu`` bytes."""
-
-    nic: NIC
-    local: bytes
-    remote: bytes
-    next_hop: bytes | None
-    mtu: int
 
 
 @dataclass(slots=True)
@@ -265,15 +206,14 @@ class Stack:
     """A userspace TCP/IP host: create NICs, assign addresses and routes, open endpoints."""
 
     def __init__(
-        self, clock: Clock, options: StackOptions | None = None, *, seed: int | None = None
+        self,
+        clock: Clock,
+        options: StackOptions | None = None,
+        *,
+        seed: int | None = None,
+        network: Sequence[NetworkProtocolFactory] = DEFAULT_NETWORK,
+        transport: Sequence[TransportProtocolFactory] = DEFAULT_TRANSPORT,
     ) -> None:
-        # Imports here keep module import order simple: the protocols import stack types.
-        from netstack.network.icmp import ICMP
-        from netstack.network.ipv4 import IPv4Protocol
-        from netstack.network.ipv6 import IPv6Protocol
-        from netstack.transport.tcp.protocol import TCPProtocol
-        from netstack.transport.udp import UDPProtocol
-
         self.clock = clock
         self.options = options or StackOptions()
         self.rng = random.Random(seed)
@@ -285,20 +225,64 @@ class Stack:
         # (remote, requested local) -> (route, valid until); cleared on any change that could
         # alter a route: addresses, routes, NICs, path MTUs.
         self._route_cache: dict[tuple[bytes, bytes | None], tuple[Route, float]] = {}
+        # The registration tables: network protocols by IP version, transports by number.
+        self.networks: dict[int, NetworkProtocol] = {}
         self.transports: dict[int, TransportProtocol] = {}
-        self.icmp: ICMP = ICMP(self)
-        self.ipv4: IPv4Protocol = IPv4Protocol(self)
-        self.ipv6: IPv6Protocol = IPv6Protocol(self)
-        self.udp: UDPProtocol = UDPProtocol(self)
-        self.register_transport(self.udp)
-        self.tcp: TCPProtocol = TCPProtocol(self)
-        self.register_transport(self.tcp)
+        # ``networks`` again as a list indexed by the version nibble: the NIC's lookup.
+        self._by_version: list[NetworkProtocol | None] = [None] * 16
+        # ICMP belongs to the network layer; IPv4 and IPv6 share it (RFC 792, RFC 4443).
+        self.icmp = ICMP(self)
+        for make_network in network:
+            self.register_network(make_network(self))
+        for make_transport in transport:
+            self.register_transport(make_transport(self))
 
-    # -- configuration -------------------------------------------------------------------
+    # -- registration --------------------------------------------------------------------
+
+    def register_network(self, protocol: NetworkProtocol) -> None:
+        """Make ``protocol`` receive packets whose IP version is ``protocol.number``."""
+        if not 0 <= protocol.number < len(self._by_version):
+            raise StackError(f"{protocol.number} is no IP version (RFC 791: four bits)")
+        self.networks[protocol.number] = protocol
+        self._by_version[protocol.number] = protocol
+        self._route_cache.clear()  # cached routes name the protocol they were found for
 
     def register_transport(self, protocol: TransportProtocol) -> None:
         """Make ``protocol`` receive packets whose IP protocol number is ``protocol.number``."""
         self.transports[protocol.number] = protocol
+
+    @staticmethod
+    def _registered(table: dict[int, Any], number: int, kind: type[_P]) -> _P:
+        protocol = table.get(number)
+        if not isinstance(protocol, kind):
+            raise StackError(f"no {kind.__name__} is registered under {number}")
+        return protocol
+
+    @property
+    def ipv4(self) -> IPv4Protocol:
+        """The registered IPv4 protocol."""
+        return self._registered(self.networks, 4, IPv4Protocol)
+
+    @property
+    def ipv6(self) -> IPv6Protocol:
+        """The registered IPv6 protocol."""
+        return self._registered(self.networks, 6, IPv6Protocol)
+
+    @property
+    def udp(self) -> UDPProtocol:
+        """The registered UDP protocol."""
+        return self._registered(self.transports, UDPProtocol.number, UDPProtocol)
+
+    @property
+    def tcp(self) -> TCPProtocol:
+        """The registered TCP protocol; assigning one registers it in place of the old."""
+        return self._registered(self.transports, TCPProtocol.number, TCPProtocol)
+
+    @tcp.setter
+    def tcp(self, protocol: TCPProtocol) -> None:
+        self.register_transport(protocol)
+
+    # -- configuration -------------------------------------------------------------------
 
     def create_nic(self, name: str, link: LinkEndpoint) -> NIC:
         """Add a NIC called ``name`` on ``link`` and start receiving from it."""
@@ -315,8 +299,7 @@ class Stack:
         nic.link.attach(None)
         for entry in nic.addresses:
             self._local_addresses.pop(entry.address, None)
-            if len(entry.address) == 16:
-                self.ipv6.leave_solicited_node(entry.address)
+            self._solicited_node(entry.address, join=False)
         self.routes.remove_nic(nic)
         self._route_cache.clear()
 
@@ -333,8 +316,7 @@ class Stack:
         nic.addresses.append(AddressEntry(packed, iface.network.prefixlen))
         self._local_addresses[packed] = nic
         self._route_cache.clear()
-        if len(packed) == 16:
-            self.ipv6.join_solicited_node(packed)
+        self._solicited_node(packed, join=True)
         return packed
 
     def remove_address(self, address: str) -> None:
@@ -344,9 +326,18 @@ class Stack:
         if nic is None:
             raise AddressError(f"{address} is not assigned")
         nic.addresses = [e for e in nic.addresses if e.address != packed]
-        if len(packed) == 16:
-            self.ipv6.leave_solicited_node(packed)
+        self._solicited_node(packed, join=False)
         self._route_cache.clear()
+
+    def _solicited_node(self, address: bytes, *, join: bool) -> None:
+        """Join or leave the solicited-node group of an IPv6 address (RFC 4291 2.7.1)."""
+        ipv6 = self.networks.get(6)
+        if len(address) != 16 or not isinstance(ipv6, IPv6Protocol):
+            return
+        if join:
+            ipv6.join_solicited_node(address)
+        else:
+            ipv6.leave_solicited_node(address)
 
     def add_route(self, destination: str, nic_name: str, gateway: str | None = None) -> None:
         """Route ``destination`` (a prefix like ``"0.0.0.0/0"`` or ``"fd00::/8"``) via a NIC."""
@@ -404,7 +395,11 @@ class Stack:
                 raise AddressError(f"no local address to reach {format_address(remote)}")
         elif local not in self._local_addresses:
             raise AddressError(f"{format_address(local)} is not a local address")
-        return Route(nic, local, remote, entry.gateway, self.path_mtu(remote, nic.mtu))
+        network = self._by_version[4 if len(remote) == 4 else 6]
+        if network is None:
+            raise NoRouteError(f"no network protocol for {format_address(remote)}")
+        mtu = self.path_mtu(remote, nic.mtu)
+        return Route(nic, local, remote, entry.gateway, mtu, network)
 
     # -- path MTU (RFC 1191, RFC 8201) -----------------------------------------------------
 
@@ -442,11 +437,22 @@ class Stack:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send(self, route: Route, protocol: int, payload: bytes, *, ttl: int | None = None) -> bool:
-        """Send an upper-layer ``payload`` along ``route``; return False if it was dropped."""
-        if len(route.remote) == 4:
-            return self.ipv4.send(route, protocol, payload, ttl=ttl)
-        return self.ipv6.send(route, protocol, payload, hop_limit=ttl)
+    def send(
+        self,
+        route: Route,
+        protocol: int,
+        payload: bytes,
+        *,
+        ttl: int | None = None,
+        dont_fragment: bool = False,
+    ) -> bool:
+        """Send an upper-layer ``payload`` along ``route``; return False if it was dropped.
+
+        The one way out for every transport and for ICMP. ``ttl`` is the Time to Live or Hop
+        Limit (None: ``options.default_ttl``). ``dont_fragment`` keeps the packet whole: TCP
+        asks for it because it sizes segments to the path MTU (RFC 1191, RFC 9293 3.7.1).
+        """
+        return route.network.send(route, protocol, payload, ttl, dont_fragment)
 
     def write(self, nic: NIC, packets: Iterable[bytes]) -> int:
         """Write already-built IP packets out of ``nic``."""

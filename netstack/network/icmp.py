@@ -8,18 +8,13 @@ and dropped: a TUN link has no link-layer addresses to resolve.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from netstack.counters import Counters
-from netstack.errors import ParseError, StackError
+from netstack.errors import NoRouteError, ParseError, StackError
 from netstack.header import icmpv4, icmpv6
 from netstack.header.ipv4 import IPv4Header
 from netstack.header.ipv6 import IPV6_HEADER_LEN, IPv6Header, walk_extensions
 from netstack.header.numbers import IPPROTO_ICMP, IPPROTO_ICMPV6
-from netstack.stack import Control, NoRouteError, Route
-
-if TYPE_CHECKING:
-    from netstack.stack import NIC, Stack
+from netstack.protocols import Control, NetworkInterface, NetworkServices, Route
 
 # RFC 1122 section 3.2.2: quote the IP header and at least 8 octets; RFC 1812 4.3.2.3 allows
 # as much as fits in 576 octets. RFC 4443 section 2.4(c): as much as fits in the minimum MTU.
@@ -102,7 +97,7 @@ class TokenBucket:
 class ICMP:
     """ICMPv4 and ICMPv6 of a stack."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: NetworkServices) -> None:
         self.stack = stack
         self.v4 = stack.counters.child("icmpv4")
         self.v6 = stack.counters.child("icmpv6")
@@ -112,17 +107,20 @@ class ICMP:
         self._bucket_v4 = TokenBucket(opts.icmp_rate, opts.icmp_burst, now)
         self._bucket_v6 = TokenBucket(opts.icmp_rate, opts.icmp_burst, now)
 
-    def _reply_route(self, nic: NIC, local: bytes, remote: bytes) -> Route:
+    def _reply_route(self, nic: NetworkInterface, local: bytes, remote: bytes) -> Route:
         """Route back to ``remote`` from ``local``; without a route, leave by the ingress NIC."""
         try:
             return self.stack.find_route(remote, local)
         except NoRouteError:
             self.stack.counters.inc("route.reply_via_ingress")
-            return Route(nic, local, remote, None, nic.mtu)
+            network = self.stack.networks[4 if len(remote) == 4 else 6]
+            return Route(nic, local, remote, None, nic.mtu, network)
 
     # -- IPv4 ------------------------------------------------------------------------------
 
-    def receive_v4(self, nic: NIC, ip: IPv4Header, payload: memoryview, packet: bytes) -> None:
+    def receive_v4(
+        self, nic: NetworkInterface, ip: IPv4Header, payload: memoryview, packet: bytes
+    ) -> None:
         """Handle one inbound ICMPv4 message addressed to the stack."""
         c = self.v4
         try:
@@ -139,7 +137,7 @@ class ICMP:
             except StackError:
                 c.inc("no_route")
                 return
-            if self.stack.ipv4.send(route, IPPROTO_ICMP, reply.build()):
+            if self.stack.send(route, IPPROTO_ICMP, reply.build()):
                 c.inc("out.echo_reply")
         elif msg.type == icmpv4.ECHO_REPLY:
             c.inc("echo_reply_ignored")
@@ -208,7 +206,9 @@ class ICMP:
             return
         transport.handle_control(control, src, dst, header, mtu)
 
-    def send_error_v4(self, nic: NIC, packet: bytes, type_: int, code: int, rest: int = 0) -> bool:
+    def send_error_v4(
+        self, nic: NetworkInterface, packet: bytes, type_: int, code: int, rest: int = 0
+    ) -> bool:
         """Send an ICMPv4 error about ``packet`` unless RFC 1122 section 3.2.2 forbids it."""
         c = self.v4
         try:
@@ -240,11 +240,13 @@ class ICMP:
             c.inc("no_route")
             return False
         c.inc("out." + _counter_name(icmpv4.TYPE_NAMES, type_))
-        return self.stack.ipv4.send(route, IPPROTO_ICMP, msg.build())
+        return self.stack.send(route, IPPROTO_ICMP, msg.build())
 
     # -- IPv6 ------------------------------------------------------------------------------
 
-    def receive_v6(self, nic: NIC, ip: IPv6Header, payload: memoryview, packet: bytes) -> None:
+    def receive_v6(
+        self, nic: NetworkInterface, ip: IPv6Header, payload: memoryview, packet: bytes
+    ) -> None:
         """Handle one inbound ICMPv6 message addressed to the stack."""
         c = self.v6
         try:
@@ -274,7 +276,7 @@ class ICMP:
             except StackError:
                 c.inc("no_route")
                 return
-            if self.stack.ipv6.send(route, IPPROTO_ICMPV6, reply.build(ip.dst, ip.src)):
+            if self.stack.send(route, IPPROTO_ICMPV6, reply.build(ip.dst, ip.src)):
                 c.inc("out.echo_reply")
         elif msg.type == icmpv6.ECHO_REPLY:
             c.inc("echo_reply_ignored")
@@ -310,7 +312,9 @@ class ICMP:
         mtu = msg.mtu if control is Control.PACKET_TOO_BIG else 0
         self._to_transport(c, control, src, dst, chain.upper_protocol, header, mtu)
 
-    def send_error_v6(self, nic: NIC, packet: bytes, type_: int, code: int, rest: int = 0) -> bool:
+    def send_error_v6(
+        self, nic: NetworkInterface, packet: bytes, type_: int, code: int, rest: int = 0
+    ) -> bool:
         """Send an ICMPv6 error about ``packet`` unless RFC 4443 section 2.4(e) forbids it."""
         c = self.v6
         if len(packet) < IPV6_HEADER_LEN:
@@ -346,12 +350,4 @@ class ICMP:
         quote = bytes(packet[: _V6_ERROR_LIMIT - IPV6_HEADER_LEN - 8])
         msg = icmpv6.ICMPv6Message(type_, code, rest, quote)
         c.inc("out." + _counter_name(icmpv6.TYPE_NAMES, type_))
-        return self.stack.ipv6.send(route, IPPROTO_ICMPV6, msg.build(route.local, src))
-
-    # -- helpers for transports ------------------------------------------------------------
-
-    def port_unreachable(self, nic: NIC, packet: bytes) -> bool:
-        """Report a packet to a closed port (RFC 1122 3.2.2.1, RFC 4443 3.1 code 4)."""
-        if packet[0] >> 4 == 4:
-            return self.send_error_v4(nic, packet, icmpv4.DEST_UNREACHABLE, icmpv4.PORT_UNREACHABLE)
-        return self.send_error_v6(nic, packet, icmpv6.DEST_UNREACHABLE, icmpv6.PORT_UNREACHABLE)
+        return self.stack.send(route, IPPROTO_ICMPV6, msg.build(route.local, src))

@@ -7,7 +7,7 @@ dropped, never forwarded.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from netstack.errors import ParseError
 from netstack.header import icmpv4
@@ -20,9 +20,7 @@ from netstack.header.ipv4 import (
 )
 from netstack.header.numbers import IPPROTO_ICMP
 from netstack.network.fragment import Reassembler
-
-if TYPE_CHECKING:
-    from netstack.stack import NIC, Route, Stack
+from netstack.protocols import UNKNOWN_DESTINATION, NetworkInterface, NetworkServices, Route
 
 BROADCAST = b"\xff\xff\xff\xff"
 # RFC 791 section 3.1: the MF flag and the 13-bit fragment offset of the flags word.
@@ -39,7 +37,7 @@ class IPv4Protocol:
 
     number = 4
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: NetworkServices) -> None:
         self.stack = stack
         self.counters = stack.counters.child("ipv4")
         opts = stack.options
@@ -56,7 +54,7 @@ class IPv4Protocol:
 
     # -- receive ---------------------------------------------------------------------------
 
-    def receive(self, nic: NIC, packet: bytes) -> None:
+    def receive(self, nic: NetworkInterface, packet: bytes) -> None:
         """Validate one inbound IPv4 packet and deliver it to its upper-layer protocol."""
         c = self.counters
         try:
@@ -91,7 +89,12 @@ class IPv4Protocol:
         c.values["delivered"] = c.values.get("delivered", 0) + 1
         transport = stack.transports.get(proto)
         if transport is not None:
-            transport.handle_packet(nic, src, dst, payload, packet)
+            if transport.handle_packet(nic, src, dst, payload, packet) is UNKNOWN_DESTINATION:
+                # RFC 1122 sections 3.2.2.1 and 4.1.3.1: no endpoint on the port, so the
+                # network layer answers Destination Unreachable, Port Unreachable.
+                stack.icmp.send_error_v4(
+                    nic, packet, icmpv4.DEST_UNREACHABLE, icmpv4.PORT_UNREACHABLE
+                )
         elif proto == IPPROTO_ICMP:
             # Not a hot path: ICMP gets the full header record.
             stack.icmp.receive_v4(
@@ -123,12 +126,16 @@ class IPv4Protocol:
         route: Route,
         protocol: int,
         payload: bytes,
-        *,
         ttl: int | None = None,
-        tos: int = 0,
         dont_fragment: bool = False,
+        *,
+        tos: int = 0,
     ) -> bool:
-        """Send ``payload`` as one IPv4 datagram along ``route``, fragmenting it if needed."""
+        """Send ``payload`` as one IPv4 datagram along ``route``, fragmenting it if needed.
+
+        With ``dont_fragment`` the datagram carries DF (RFC 791 section 3.1) and one too big
+        for the route is dropped, not fragmented (counted as ``send_too_big_df``).
+        """
         if len(payload) > 0xFFFF - IPV4_MIN_HEADER_LEN:
             # RFC 791 section 3.1: Total Length is 16 bits, fragmented or not.
             self.counters.inc("send_too_big")
@@ -160,7 +167,7 @@ class IPv4Protocol:
         self.counters.inc("fragments_sent", len(packets))
         return route.nic.write(packets) == len(packets)
 
-    def send_packet(self, nic: NIC, packet: bytes) -> bool:
+    def send_packet(self, nic: NetworkInterface, packet: bytes) -> bool:
         """Write an already-built IPv4 packet out of ``nic``."""
         return nic.write([packet]) == 1
 

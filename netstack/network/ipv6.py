@@ -7,7 +7,7 @@ has not joined) are counted and dropped.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from netstack.errors import ParseError
 from netstack.header import icmpv6
@@ -30,9 +30,7 @@ from netstack.header.numbers import (
     IPPROTO_UDP,
 )
 from netstack.network.fragment import Reassembler
-
-if TYPE_CHECKING:
-    from netstack.stack import NIC, Route, Stack
+from netstack.protocols import UNKNOWN_DESTINATION, NetworkInterface, NetworkServices, Route
 
 UNSPECIFIED = bytes(16)
 ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
@@ -51,7 +49,7 @@ class IPv6Protocol:
 
     number = 6
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: NetworkServices) -> None:
         self.stack = stack
         self.counters = stack.counters.child("ipv6")
         opts = stack.options
@@ -84,7 +82,7 @@ class IPv6Protocol:
 
     # -- receive ---------------------------------------------------------------------------
 
-    def receive(self, nic: NIC, packet: bytes) -> None:
+    def receive(self, nic: NetworkInterface, packet: bytes) -> None:
         """Validate one inbound IPv6 packet and deliver it to its upper-layer protocol."""
         c = self.counters
         try:
@@ -118,7 +116,12 @@ class IPv6Protocol:
         c.values["delivered"] = c.values.get("delivered", 0) + 1
         transport = stack.transports.get(proto)
         if transport is not None:
-            transport.handle_packet(nic, hdr.src, dst, payload, packet)
+            if transport.handle_packet(nic, hdr.src, dst, payload, packet) is UNKNOWN_DESTINATION:
+                # RFC 4443 section 3.1: no endpoint on the port, so the network layer answers
+                # Destination Unreachable, code 4 (port unreachable).
+                stack.icmp.send_error_v6(
+                    nic, packet, icmpv6.DEST_UNREACHABLE, icmpv6.PORT_UNREACHABLE
+                )
         elif proto == IPPROTO_ICMPV6:
             stack.icmp.receive_v6(nic, hdr, payload, packet)
         elif proto == IPPROTO_NONE:
@@ -137,7 +140,7 @@ class IPv6Protocol:
             )
 
     def _walk(
-        self, nic: NIC, hdr: IPv6Header, packet: bytes, end: int
+        self, nic: NetworkInterface, hdr: IPv6Header, packet: bytes, end: int
     ) -> tuple[int, memoryview, bytes] | None:
         """Process the extension headers; return (protocol, payload, packet) or None if dropped."""
         c = self.counters
@@ -188,7 +191,7 @@ class IPv6Protocol:
 
     def _upper(
         self,
-        nic: NIC,
+        nic: NetworkInterface,
         packet: bytes,
         hdr: IPv6Header,
         buf: bytes,
@@ -215,7 +218,7 @@ class IPv6Protocol:
 
     def _extensions_ok(
         self,
-        nic: NIC,
+        nic: NetworkInterface,
         packet: bytes,
         hdr: IPv6Header,
         headers: list[IPv6Extension | IPv6Fragment],
@@ -240,7 +243,7 @@ class IPv6Protocol:
         return True
 
     def _options_ok(
-        self, nic: NIC, packet: bytes, hdr: IPv6Header, ext: IPv6Extension, start: int
+        self, nic: NetworkInterface, packet: bytes, hdr: IPv6Header, ext: IPv6Extension, start: int
     ) -> bool:
         """Apply RFC 8200 section 4.2's rules for options we do not recognize."""
         data = ext.data
@@ -299,22 +302,31 @@ class IPv6Protocol:
         route: Route,
         protocol: int,
         payload: bytes,
+        ttl: int | None = None,
+        dont_fragment: bool = False,
         *,
-        hop_limit: int | None = None,
         traffic_class: int = 0,
     ) -> bool:
-        """Send ``payload`` as one IPv6 packet along ``route``, fragmenting it at the source."""
+        """Send ``payload`` as one IPv6 packet along ``route``, fragmenting it at the source.
+
+        ``ttl`` is the Hop Limit (RFC 8200 section 3). Routers never fragment IPv6 (RFC 8200
+        section 5); with ``dont_fragment`` the source does not either, and a packet too big
+        for the route is dropped (counted as ``send_too_big_df``).
+        """
         hdr = IPv6Header(
             src=route.local,
             dst=route.remote,
             next_header=protocol,
-            hop_limit=hop_limit if hop_limit is not None else self.stack.options.default_ttl,
+            hop_limit=ttl if ttl is not None else self.stack.options.default_ttl,
             traffic_class=traffic_class,
         )
         c = self.counters.values
         if IPV6_HEADER_LEN + len(payload) <= route.mtu:
             c["sent"] = c.get("sent", 0) + 1
             return route.nic.write([hdr.pack(payload)]) == 1
+        if dont_fragment:
+            self.counters.inc("send_too_big_df")
+            return False
         # RFC 7739: an unpredictable Identification per fragmented packet.
         ident = self.stack.rng.getrandbits(32)
         packets = fragment(hdr, payload, max(route.mtu, MIN_MTU), ident)

@@ -7,16 +7,22 @@ Task per packet at this layer (the socket layer queues only when nobody is waiti
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from netstack.addresses import format_endpoint
 from netstack.errors import MessageTooLongError, ParseError, StackError
 from netstack.header.numbers import IPPROTO_UDP
 from netstack.header.udp import build_udp, parse_fields, udp_checksum_ok
 from netstack.ports import Demux, unspecified
-from netstack.stack import Control, format_endpoint
-
-if TYPE_CHECKING:
-    from netstack.stack import NIC, Stack
+from netstack.protocols import (
+    HANDLED,
+    MALFORMED,
+    UNKNOWN_DESTINATION,
+    Control,
+    Disposition,
+    NetworkInterface,
+    StackServices,
+)
 
 DatagramCallback = Callable[[bytes, bytes, int, bytes], None]
 """``on_datagram(payload, remote address, remote port, local address)``."""
@@ -29,34 +35,37 @@ class UDPProtocol:
 
     number = IPPROTO_UDP
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: StackServices) -> None:
         self.stack = stack
         self.counters = stack.counters.child("udp")
         self.demux: Demux[UDPEndpoint] = Demux(stack.rng, stack.options.ephemeral_ports)
 
     def handle_packet(
-        self, nic: NIC, src: bytes, dst: bytes, payload: memoryview, packet: bytes
-    ) -> None:
-        """Validate one inbound datagram and hand it to the endpoint bound to its destination."""
+        self, nic: NetworkInterface, src: bytes, dst: bytes, payload: memoryview, packet: bytes
+    ) -> Disposition:
+        """Validate one inbound datagram and hand it to the endpoint bound to its destination.
+
+        A datagram no endpoint wants is UNKNOWN_DESTINATION: the network layer answers it with
+        ICMP port unreachable (RFC 1122 section 4.1.3.1).
+        """
         c = self.counters
         try:
             sport, dport, length, csum = parse_fields(payload)
         except ParseError as exc:
             c.inc("malformed." + exc.reason)
-            return
+            return MALFORMED
         datagram = payload[:length]
         if not udp_checksum_ok(src, dst, datagram):
             c.inc("malformed.zero_checksum" if csum == 0 else "malformed.bad_checksum")
-            return
+            return MALFORMED
         ep = self.demux.lookup(dst, dport, src, sport)
         if ep is None:
             c.inc("no_port")
-            # RFC 1122 section 4.1.3.1: port unreachable for a datagram to a closed port.
-            self.stack.icmp.port_unreachable(nic, packet)
-            return
+            return UNKNOWN_DESTINATION
         values = c.values
         values["delivered"] = values.get("delivered", 0) + 1
         ep.on_datagram(bytes(datagram[8:]), src, sport, dst)
+        return HANDLED
 
     def handle_control(
         self, control: Control, local: bytes, remote: bytes, header: bytes, info: int
@@ -71,6 +80,14 @@ class UDPProtocol:
         self.counters.inc(f"control.{control.value}")
         if ep.on_error is not None:
             ep.on_error(control, remote, remote_port)
+
+
+def udp_of(stack: StackServices) -> UDPProtocol:
+    """Return the stack's registered UDP protocol (raising if there is none)."""
+    udp = stack.transports.get(IPPROTO_UDP)
+    if not isinstance(udp, UDPProtocol):
+        raise StackError("the stack has no UDP protocol registered")
+    return udp
 
 
 def _drop(payload: bytes, remote: bytes, port: int, local: bytes) -> None:
@@ -96,12 +113,12 @@ class UDPEndpoint:
 
     def __init__(
         self,
-        stack: Stack,
+        stack: StackServices,
         on_datagram: DatagramCallback | None = None,
         on_error: ErrorCallback | None = None,
     ) -> None:
         self.stack = stack
-        self.protocol = stack.udp
+        self.protocol = udp_of(stack)
         self.on_datagram: DatagramCallback = on_datagram or _drop
         self.on_error = on_error
         self.local_addr: bytes | None = None

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from netstack.addresses import format_endpoint
 from netstack.errors import StackError
 from netstack.header.seqnum import (
     SEQ_MASK,
@@ -42,7 +43,7 @@ from netstack.header.tcp import (
     TCPHeader,
     TCPOptions,
 )
-from netstack.stack import Control, Route, format_endpoint
+from netstack.protocols import Control, Route
 from netstack.transport.tcp.congestion import NewReno
 from netstack.transport.tcp.receiver import Reassembly
 from netstack.transport.tcp.sack import Scoreboard

@@ -11,11 +11,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from netstack.addresses import format_endpoint
 from netstack.errors import StackError
 from netstack.header.seqnum import seq_add
 from netstack.header.tcp import ACK, FIN, RST, SYN, TCPHeader, TCPOptions
 from netstack.ports import unspecified
-from netstack.stack import Route, format_endpoint
+from netstack.protocols import Route
 from netstack.transport.tcp.endpoint import State, TCPEndpoint
 from netstack.transport.tcp.segment import mss_for_mtu
 

@@ -14,7 +14,7 @@ from netstack.errors import ParseError, StackError
 from netstack.header.numbers import IPPROTO_TCP
 from netstack.header.tcp import TCPHeader, build_tcp, tcp_checksum_ok
 from netstack.ports import Demux, PortInUseError, unspecified
-from netstack.stack import Control, Route
+from netstack.protocols import Control, Route
 from netstack.transport.tcp.config import TCPConfig
 from netstack.transport.tcp.endpoint import TCPEndpoint
 from netstack.transport.tcp.isn import ISNFunction, ISNGenerator, SynCookies
@@ -22,7 +22,8 @@ from netstack.transport.tcp.listener import TCPListener
 from netstack.transport.tcp.segment import reset_for
 
 if TYPE_CHECKING:
-    from netstack.stack import NIC, Stack
+    from netstack.protocols import NetworkInterface as NIC
+    from netstack.protocols import StackServices as Stack
 
 
 class TCPProtocol:
@@ -157,11 +158,7 @@ class TCPProtocol:
         segment = build_tcp(route.local, route.remote, hdr, payload)
         values = self.counters.values
         values["segments.out"] = values.get("segments.out", 0) + 1
-        stack = self.stack
-        if len(route.remote) == 4:
-            ok = stack.ipv4.send(route, IPPROTO_TCP, segment, dont_fragment=True)
-        else:
-            ok = stack.send(route, IPPROTO_TCP, segment)
+        ok = self.stack.send(route, IPPROTO_TCP, segment, dont_fragment=True)
         if not ok:
             self.counters.inc("segments.send_failed")
         return ok
