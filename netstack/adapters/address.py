@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from netstack.addresses import format_address, parse_address
 from netstack.ports import unspecified
-from netstack.stack import format_address, parse_address
 
 __all__ = ["Address", "is_wildcard", "pack_address", "pack_host", "unpack_address"]
 

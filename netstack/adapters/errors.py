@@ -18,9 +18,8 @@ from __future__ import annotations
 import errno
 from typing import Final
 
-from netstack.errors import MessageTooLongError, StackError
+from netstack.errors import AddressError, MessageTooLongError, NoRouteError, StackError
 from netstack.ports import PortInUseError, PortsExhaustedError
-from netstack.stack import AddressError, NoRouteError
 from netstack.transport.errors import CONTROL_ERRNO, control_error, os_error
 
 __all__ = ["CONTROL_ERRNO", "STACK_ERRNO", "control_error", "os_error", "stack_error"]

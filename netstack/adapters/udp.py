@@ -14,8 +14,10 @@ from types import TracebackType
 
 from netstack.adapters.address import Address, pack_address, unpack_address
 from netstack.adapters.errors import control_error, os_error, stack_error
+from netstack.addresses import format_address
 from netstack.errors import StackError
-from netstack.stack import Control, Stack, format_address
+from netstack.protocols import Control
+from netstack.stack import Stack
 from netstack.transport.udp import UDPEndpoint
 
 __all__ = ["UDPSocket"]

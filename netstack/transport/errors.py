@@ -15,7 +15,7 @@ import errno
 import os
 from typing import Final
 
-from netstack.stack import Control
+from netstack.protocols import Control
 
 #: What each ICMP error means to a socket. Linux gives the same errno for each, except for
 #: protocol unreachable (ENOPROTOOPT there: refused here, as the peer refused the protocol)
