@@ -762,9 +762,7 @@ class TCPEndpoint:
 
     def _enter_time_wait(self) -> None:
         """TIME-WAIT for 2 MSL (RFC 9293 section 3.6.1)."""
-        self.state = next_state(
-            self.state, Event.RCV_FIN if self.state is State.FIN_WAIT_2 else Event.RCV_ACK_OF_FIN
-        )
+        self.move(Event.RCV_FIN if self.state is State.FIN_WAIT_2 else Event.RCV_ACK_OF_FIN)
         self.counters.inc("time_waits")
         for timer in (self.rexmit_timer, self.persist_timer, self.keepalive_timer):
             timer.stop()
