@@ -79,7 +79,7 @@ class Sender:
 
     Variables of RFC 9293 section 3.3.1 (``una``, ``nxt``, ``wnd``, ``wl1``, ``wl2``, ``iss``)
     plus the send buffer, the RTT estimator (RFC 6298), the congestion controller and loss
-    recovery. SND.NXT never moves back: segments resent by recovery are tracked there.
+    recovery. SND.NXT never moves back: what recovery resends it tracks itself.
     The endpoint owns the timers and the state machine and calls :meth:`output` only in
     states that may send.
     """
