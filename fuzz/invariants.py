@@ -112,10 +112,10 @@ def check_tcp_bounds(live: LiveStack) -> None:
             continue
         require(len(ep.sndbuf) <= config.send_buffer, f"send buffer {len(ep.sndbuf)} over limit")
         require(
-            ep._rcvq_len <= config.receive_buffer,
-            f"receive queue {ep._rcvq_len} over {config.receive_buffer}",
+            ep.readable <= config.receive_buffer,
+            f"receive queue {ep.readable} over {config.receive_buffer}",
         )
-        ooo = ep._ooo
+        ooo = ep.rcv.ooo
         require(ooo.bytes <= config.reassembly_limit, f"out-of-order bytes {ooo.bytes} over limit")
         require(len(ooo) <= config.reassembly_segments, "out-of-order ranges over limit")
 

@@ -130,11 +130,11 @@ class TransportProtocol(Protocol):
 
     def handle_packet(
         self, nic: NetworkInterface, src: bytes, dst: bytes, payload: memoryview, packet: bytes
-    ) -> Disposition | None:
+    ) -> Disposition:
         """Take one inbound transport packet; ``packet`` is the whole IP datagram (for ICMP).
 
         Return UNKNOWN_DESTINATION when no endpoint wants it, for the network layer to answer;
-        HANDLED (or None) or MALFORMED otherwise.
+        HANDLED or MALFORMED otherwise.
         """
 
     def handle_control(

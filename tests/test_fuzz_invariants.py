@@ -130,8 +130,8 @@ def test_checker_rejects_tcp_state_over_its_bounds() -> None:
 
     live = LiveStack()
     check_tcp_bounds(live)  # a fresh stack with its listeners and connection is within bounds
-    endpoints = [ep for ep in live.stack.tcp.demux.connected.values() if hasattr(ep, "_ooo")]
+    endpoints = [ep for ep in live.stack.tcp.demux.connected.values() if hasattr(ep, "rcv")]
     assert endpoints, "the live stack holds an established connection"
-    endpoints[0]._rcvq_len = live.stack.tcp.config.receive_buffer + 1
+    endpoints[0].rcv.queued = live.stack.tcp.config.receive_buffer + 1
     with pytest.raises(InvariantViolation, match="receive queue"):
         check_tcp_bounds(live)

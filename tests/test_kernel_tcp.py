@@ -142,6 +142,7 @@ from olm.runtime import TunStack, TunStackConfig
 
 tun, port, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 fault, qdisc = json.loads(sys.argv[5]), json.loads(sys.argv[6])
+congestion = sys.argv[7]  # TCPConfig.congestion for the stack's connections
 
 class FaultyTunStack(TunStack):
     # The same stack with the seeded fault injector between the NIC and the TUN.
@@ -158,6 +159,7 @@ class FaultyTunStack(TunStack):
 
 async def exchange(stack, host, data):
     reader, writer = await asyncio.wait_for(open_connection(stack, host, port), 20)
+    used = sorted({row["congestion"] for row in stack.sockets() if row.get("congestion")})
     async def send():
         writer.write(data)
         await writer.drain()
@@ -169,11 +171,13 @@ async def exchange(stack, host, data):
         received += len(chunk)
     await sender
     writer.close()
-    return {"received": received, "same": digest.hexdigest() == hashlib.sha256(data).hexdigest()}
+    same = digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    return {"received": received, "same": same, "congestion": used}
 
 async def main():
     config = TunStackConfig(tun=tun, addresses=["10.30.30.30", "fd30:30:30::30"])
     async with FaultyTunStack(config) as running:
+        running.stack.tcp.config.congestion = congestion
         if qdisc:
             subprocess.run(["tc", "qdisc", "add", "dev", tun, "root", *qdisc], check=True)
         data = random.Random(seed).randbytes(size)
@@ -267,6 +271,7 @@ def stack_client(
     fault: dict[str, Any] | None = None,
     qdisc: list[str] | None = None,
     seed: int = 7,
+    congestion: str = "newreno",
 ) -> dict[str, Any]:
     """Run STACK_CLIENT against the kernel echo server; return its per-host results."""
     return run_script(
@@ -278,6 +283,7 @@ def stack_client(
         seed,
         json.dumps(fault or {}),
         json.dumps(qdisc or []),
+        congestion,
     )
 
 
@@ -383,13 +389,16 @@ def test_200_concurrent_kernel_connections_all_exact(olm_stack: tuple[NetNS, Olm
 # -- stack client, kernel server -------------------------------------------------------------------
 
 
-def test_stack_client_to_kernel_server_on_both_families(netns: NetNS) -> None:
-    """A netstack client sends 3 MB per family to a kernel echo server and gets it all back."""
+@pytest.mark.parametrize("congestion", ["newreno", "cubic"])
+def test_stack_client_to_kernel_server_on_both_families(netns: NetNS, congestion: str) -> None:
+    """A netstack client sends 3 MB per family to a kernel echo server and gets it all back,
+    with each congestion control (TCPConfig.congestion: RFC 5681 NewReno, RFC 9438 CUBIC)."""
     start_kernel_server(netns, "echo")
     size = 3_000_000
-    result = stack_client(netns, size)
+    result = stack_client(netns, size, congestion=congestion)
     for host in (HOST_V4, HOST_V6):
         assert_exact(result[host], size, host)
+        assert result[host]["congestion"] == [congestion], host
     counters = result["counters"]
     assert counters["tcp.active_opens"] == 2
     assert counters["tcp.established"] == 2
@@ -432,14 +441,17 @@ def test_transfers_complete_under_netem_loss_reorder_delay(netns: NetNS) -> None
     assert result["counters"].get("tcp.retransmits", 0) > 0
 
 
-def test_stack_client_under_its_own_fault_injector(netns: NetNS) -> None:
+@pytest.mark.parametrize("congestion", ["newreno", "cubic"])
+def test_stack_client_under_its_own_fault_injector(netns: NetNS, congestion: str) -> None:
     """The stack's seeded FaultEndpoint between the NIC and the TUN (5% loss, 10% reordering,
-    5 ms delay, both directions): the kernel and the stack repair it on both families."""
+    5 ms delay, both directions): the kernel and the stack repair it on both families, with
+    either congestion control."""
     start_kernel_server(netns, "echo")
     size = 1_000_000
-    result = stack_client(netns, size, fault=FAULTS)
+    result = stack_client(netns, size, fault=FAULTS, congestion=congestion)
     for host in (HOST_V4, HOST_V6):
         assert_exact(result[host], size, host)
+        assert result[host]["congestion"] == [congestion], host
     counters = result["counters"]
     assert counters["fault.outbound.lost"] > 0
     assert counters["fault.inbound.lost"] > 0

@@ -489,6 +489,8 @@ _IPV4, _IPV6, _FRAG, _ICMP = (
     f"netstack/network/{m}.py" for m in ("ipv4", "ipv6", "fragment", "icmp")
 )
 _UDP, _TCP = "netstack/transport/udp.py", "netstack/transport/tcp/endpoint.py"
+_TCP_SND, _TCP_REC = "netstack/transport/tcp/sender.py", "netstack/transport/tcp/recovery.py"
+_TCP_HS = "netstack/transport/tcp/handshake.py"
 LAZY = {
     "olm_ipv4_malformed_total": ("ipv4.malformed.bad_checksum", _IPV4, '"malformed.'),
     "olm_ipv6_malformed_total": ("ipv6.malformed.truncated", _IPV6, '"malformed.'),
@@ -502,10 +504,10 @@ LAZY = {
     ),
     "olm_ipv4_not_for_this_host_total": ("ipv4.not_for_us", _IPV4, '"not_for_us"'),
     "olm_tcp_segments_out_of_window_total": ("tcp.segments.out_of_window", _TCP, "out_of_window"),
-    "olm_tcp_retransmits_total": ("tcp.retransmits", _TCP, '"retransmits"'),
-    "olm_tcp_timeouts_total": ("tcp.timeouts", _TCP, '"timeouts"'),
-    "olm_tcp_fast_retransmits_total": ("tcp.fast_retransmits", _TCP, '"fast_retransmits"'),
-    "olm_tcp_syn_retransmits_total": ("tcp.syn_retransmits", _TCP, '"syn_retransmits"'),
+    "olm_tcp_retransmits_total": ("tcp.retransmits", _TCP_SND, '"retransmits"'),
+    "olm_tcp_timeouts_total": ("tcp.timeouts", _TCP_SND, '"timeouts"'),
+    "olm_tcp_fast_retransmits_total": ("tcp.fast_retransmits", _TCP_REC, '"fast_retransmits"'),
+    "olm_tcp_syn_retransmits_total": ("tcp.syn_retransmits", _TCP_HS, '"syn_retransmits"'),
     "olm_tcp_established_total": ("tcp.established", _TCP, '"established"'),
     "olm_tcp_rst_sent_total": ("tcp.rst.sent", "netstack/transport/tcp/protocol.py", '"rst.sent"'),
     "olm_ipv4_reassembly_reassembled_total": ("ipv4.reassembly.reassembled", _FRAG, "reassembled"),

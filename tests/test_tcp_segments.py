@@ -374,7 +374,7 @@ def test_rfc9293_3_8_6_3_delayed_ack_and_every_second_full_segment() -> None:
     ctx.inject(ACK, base + 1560, synack.seq + 1, b"c" * 1460)
     ack, _ = ctx.one()  # two full segments: ACK now
     assert ack.ack == seq_add(base, 3020)
-    assert ctx.clock.pending == 0 or not ep._delack_timer.armed
+    assert ctx.clock.pending == 0 or not ep.delack_timer.armed
 
 
 def test_receive_window_is_the_free_buffer_and_reopens_after_reading() -> None:

@@ -1,10 +1,13 @@
-"""TCP (RFC 9293) for netstack: a sans-I/O state machine with asyncio streams on top.
+"""TCP (RFC 9293) for netstack: a sans-I/O state machine (asyncio streams: netstack.adapters).
 
-Split by concern: :mod:`.segment` (sequence-space helpers), :mod:`.endpoint` (the state
-machine, sender and receiver logic), :mod:`.sender` (send buffer), :mod:`.receiver`
-(out-of-order reassembly), :mod:`.sack` (scoreboard), :mod:`.congestion` (NewReno),
-:mod:`.timers` (timers and RTO), :mod:`.isn` (ISNs and SYN cookies), :mod:`.listener`,
-:mod:`.protocol` (demux, resets, ICMP) and :mod:`.streams` (asyncio API).
+Split by concern (docs/tcp.md has the map): :mod:`.state` (states and every transition),
+:mod:`.endpoint` (one connection: segment dispatch, timers, ICMP, close), :mod:`.handshake`
+(SYN, SYN-ACK, simultaneous open), :mod:`.receiver` (acceptability, trimming, reassembly,
+window, delayed ACK), :mod:`.sender` (send buffer, output, ACK processing, RTT/RTO, persist),
+:mod:`.recovery` (Reno and SACK loss recovery), :mod:`.sack` (scoreboard),
+:mod:`.congestion` (NewReno and CUBIC), :mod:`.timers` (timers and the RTO estimator),
+:mod:`.segment` (sequence-space helpers), :mod:`.isn` (ISNs and SYN cookies),
+:mod:`.listener` and :mod:`.protocol` (demux, resets, ICMP).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from netstack.transport.tcp.congestion import ALGORITHMS
+
 
 @dataclass(slots=True)
 class TCPConfig:
@@ -34,6 +36,8 @@ class TCPConfig:
     """Send MSS for IPv6 peers without an MSS option (RFC 8200 section 8.3: 1280 - 60)."""
     initial_window_segments: int = 10
     """Initial congestion window in segments (RFC 6928)."""
+    congestion: str = "newreno"
+    """Congestion control of new connections: ``"newreno"`` (RFC 5681) or ``"cubic"`` (RFC 9438)."""
     initial_rto: float = 1.0
     """RTO before the first RTT sample (RFC 6298 section 2.1)."""
     min_rto: float = 0.2
@@ -68,3 +72,8 @@ class TCPConfig:
     """Challenge ACKs per second for the whole protocol (RFC 5961 section 7)."""
     challenge_ack_burst: int = 100
     """Challenge ACKs that may be sent back to back."""
+
+    def __post_init__(self) -> None:
+        if self.congestion not in ALGORITHMS:
+            names = ", ".join(sorted(ALGORITHMS))
+            raise ValueError(f"unknown congestion control {self.congestion!r} (one of {names})")

@@ -14,7 +14,7 @@ from netstack.errors import ParseError, StackError
 from netstack.header.numbers import IPPROTO_TCP
 from netstack.header.tcp import TCPHeader, build_tcp, tcp_checksum_ok
 from netstack.ports import Demux, PortInUseError, unspecified
-from netstack.protocols import Control, Route
+from netstack.protocols import HANDLED, MALFORMED, Control, Disposition, Route
 from netstack.transport.tcp.config import TCPConfig
 from netstack.transport.tcp.endpoint import TCPEndpoint
 from netstack.transport.tcp.isn import ISNFunction, ISNGenerator, SynCookies
@@ -104,8 +104,12 @@ class TCPProtocol:
 
     def handle_packet(
         self, nic: NIC, src: bytes, dst: bytes, payload: memoryview, packet: bytes
-    ) -> None:
-        """Validate one inbound segment and hand it to its connection or listener."""
+    ) -> Disposition:
+        """Validate one inbound segment and hand it to its connection or listener.
+
+        A segment nobody wants is TCP's own to answer (a RST, RFC 9293 section 3.10.7.1), so
+        TCP never reports UNKNOWN_DESTINATION: the network layer sends no ICMP for it.
+        """
         c = self.counters
         values = c.values
         values["segments.in"] = values.get("segments.in", 0) + 1
@@ -113,25 +117,26 @@ class TCPProtocol:
             hdr = TCPHeader.parse(payload)
         except ParseError as exc:
             c.inc("malformed." + exc.reason)
-            return
+            return MALFORMED
         if not tcp_checksum_ok(src, dst, payload):
             c.inc("segments.bad_checksum")
-            return
+            return MALFORMED
         if dst[0] == 0xFF if len(dst) == 16 else dst[0] >= 224:
             # RFC 1122 section 4.2.3.10: a TCP segment to a multicast or broadcast address is
             # silently discarded (no RST: that would answer a whole group).
             c.inc("segments.multicast_dropped")
-            return
+            return HANDLED
         data = payload[hdr.header_length :]
         ep = self.demux.lookup(dst, hdr.dst_port, src, hdr.src_port)
         if ep is None:
             c.inc("segments.no_port")
             self.reply_rst(hdr, len(data), dst, src)
-            return
+            return HANDLED
         if isinstance(ep, TCPListener):
             ep.segment_arrived(hdr, data, dst, src)
         else:
             ep.segment_arrived(hdr, data)
+        return HANDLED
 
     def handle_control(
         self, control: Control, local: bytes, remote: bytes, header: bytes, info: int
