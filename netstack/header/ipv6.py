@@ -39,6 +39,25 @@ IPV6_FRAGMENT_HEADER_LEN: Final = 8
 IPV6_MIN_MTU: Final = 1280
 """The minimum link MTU every IPv6 link must carry (RFC 8200 section 5)."""
 
+# Where the fixed header's fields sit (RFC 8200 section 3). Code that looks at one field of a
+# packet it does not parse (the TUN filter, segmentation offload) reads it here, unvalidated.
+IPV6_PAYLOAD_LENGTH_AT: Final = 4
+"""Offset of Payload Length (16 bits)."""
+IPV6_NEXT_HEADER_AT: Final = 6
+"""Offset of Next Header (8 bits)."""
+IPV6_HOP_LIMIT_AT: Final = 7
+"""Offset of Hop Limit (8 bits)."""
+IPV6_SRC_AT: Final = 8
+"""Offset of Source Address (16 octets)."""
+IPV6_DST_AT: Final = 24
+"""Offset of Destination Address (16 octets)."""
+IPV6_SRC: Final = slice(IPV6_SRC_AT, IPV6_SRC_AT + 16)
+"""Source Address as a slice: ``packet[IPV6_SRC]``."""
+IPV6_DST: Final = slice(IPV6_DST_AT, IPV6_DST_AT + 16)
+"""Destination Address as a slice: ``packet[IPV6_DST]``."""
+IPV6_ADDRESSES: Final = slice(IPV6_SRC_AT, IPV6_DST_AT + 16)
+"""Source and Destination Address together (the pseudo-header's addresses)."""
+
 # TLV option types of RFC 8200 section 4.2 with a fixed meaning.
 OPT_PAD1: Final = 0
 """Pad1: a single octet of padding with no length field."""
@@ -58,13 +77,19 @@ _HEADER: Final = struct.Struct("!IHBB16s16s")
 _FRAGMENT: Final = struct.Struct("!BBHI")
 # next header, header extension length
 _EXT_PREFIX: Final = struct.Struct("!BB")
+_new = object.__new__
 
 Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(slots=True)
 class IPv6Header:
-    """The 40-byte IPv6 fixed header (RFC 8200 section 3)."""
+    """The 40-byte IPv6 fixed header (RFC 8200 section 3).
+
+    :meth:`parse` is the one validated parse of the fixed header and :func:`walk_extensions`
+    the one walk of the extension headers after it; the constructor and :meth:`build` are the
+    way to write one.
+    """
 
     src: bytes
     dst: bytes
@@ -116,7 +141,7 @@ class IPv6Header:
 
     @classmethod
     def parse(cls, buf: Buffer) -> IPv6Header:
-        """Parse the fixed header at the start of ``buf`` (which may carry link padding).
+        """Validate the fixed header at the start of ``buf`` (which may carry link padding).
 
         Raises ParseError with reason "truncated", "bad_version" or "bad_length" (the payload
         runs past the buffer, or Payload Length is zero with a Hop-by-Hop header, i.e. a
@@ -134,7 +159,16 @@ class IPv6Header:
         # Hop-by-Hop header. A zero payload cannot hold a Hop-by-Hop header in any other case.
         if plen == 0 and nh == IPPROTO_HOPOPTS:
             raise ParseError("bad_length", "payload length 0 with hop-by-hop (jumbogram)")
-        return cls(src, dst, nh, hlim, (vtf >> 20) & 0xFF, vtf & 0xFFFFF, plen)
+        # The record is filled in directly: this runs once per received packet.
+        hdr: IPv6Header = _new(cls)
+        hdr.src = src
+        hdr.dst = dst
+        hdr.next_header = nh
+        hdr.hop_limit = hlim
+        hdr.traffic_class = (vtf >> 20) & 0xFF
+        hdr.flow_label = vtf & 0xFFFFF
+        hdr.payload_length = plen
+        return hdr
 
 
 @dataclass(slots=True, frozen=True)

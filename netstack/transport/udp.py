@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from netstack.errors import MessageTooLongError, ParseError, StackError
 from netstack.header.numbers import IPPROTO_UDP
-from netstack.header.udp import build_udp, parse_fields, udp_checksum_ok
+from netstack.header.udp import UDPHeader, build_udp, udp_checksum_ok
 from netstack.ports import Demux, unspecified
 from netstack.stack import Control, format_endpoint
 
@@ -40,15 +40,16 @@ class UDPProtocol:
         """Validate one inbound datagram and hand it to the endpoint bound to its destination."""
         c = self.counters
         try:
-            sport, dport, length, csum = parse_fields(payload)
+            hdr = UDPHeader.parse(payload)
         except ParseError as exc:
             c.inc("malformed." + exc.reason)
             return
-        datagram = payload[:length]
+        datagram = payload[: hdr.length]
         if not udp_checksum_ok(src, dst, datagram):
-            c.inc("malformed.zero_checksum" if csum == 0 else "malformed.bad_checksum")
+            c.inc("malformed.zero_checksum" if hdr.checksum == 0 else "malformed.bad_checksum")
             return
-        ep = self.demux.lookup(dst, dport, src, sport)
+        sport = hdr.src_port
+        ep = self.demux.lookup(dst, hdr.dst_port, src, sport)
         if ep is None:
             c.inc("no_port")
             # RFC 1122 section 4.1.3.1: port unreachable for a datagram to a closed port.
