@@ -140,8 +140,8 @@ class ICMPv4Message:
         csum = checksum(self.payload, ones_sum(zeroed))
         return _HEADER.pack(self.type, self.code, csum, self.rest) + self.payload
 
-    @classmethod
-    def parse(cls, buf: Buffer, *, verify_checksum: bool = True) -> ICMPv4Message:
+    @staticmethod
+    def parse(buf: Buffer, *, verify_checksum: bool = True) -> ICMPv4Message:
         """Parse a whole ICMP message (the IP payload).
 
         Raises ParseError("truncated") below 8 bytes and ParseError("bad_checksum").
@@ -152,7 +152,7 @@ class ICMPv4Message:
         kind, code, csum, rest = _HEADER.unpack_from(buf)
         if verify_checksum and checksum(buf) != 0:
             raise ParseError("bad_checksum", f"ICMP checksum {csum:#06x}")
-        msg: ICMPv4Message = _new(cls)
+        msg: ICMPv4Message = _new(ICMPv4Message)
         msg.type = kind
         msg.code = code
         msg.rest = rest

@@ -145,9 +145,9 @@ class ICMPv6Message:
         csum = checksum(payload, partial)
         return _HEADER.pack(self.type, self.code, csum, self.rest) + payload
 
-    @classmethod
+    @staticmethod
     def parse(
-        cls, buf: Buffer, src: bytes, dst: bytes, *, verify_checksum: bool = True
+        buf: Buffer, src: bytes, dst: bytes, *, verify_checksum: bool = True
     ) -> ICMPv6Message:
         """Parse a whole ICMPv6 message (the upper-layer data of an IPv6 packet).
 
@@ -159,7 +159,7 @@ class ICMPv6Message:
         kind, code, csum, rest = _HEADER.unpack_from(buf)
         if verify_checksum and transport_checksum(src, dst, IPPROTO_ICMPV6, buf) != 0:
             raise ParseError("bad_checksum", f"ICMPv6 checksum {csum:#06x}")
-        msg: ICMPv6Message = _new(cls)
+        msg: ICMPv6Message = _new(ICMPv6Message)
         msg.type = kind
         msg.code = code
         msg.rest = rest

@@ -72,10 +72,12 @@ FLAG_MF: Final = 0x2000
 """More Fragments."""
 OFFSET_MASK: Final = 0x1FFF
 """Fragment Offset, in 8-octet units."""
+_FRAGMENT_BITS: Final = FLAG_RESERVED | FLAG_MF | OFFSET_MASK
 
 # version/IHL, TOS, total length, identification, flags/offset, TTL, protocol, checksum, src, dst
 _HEADER: Final = struct.Struct("!BBHHHBBH4s4s")
 _CHECKSUM: Final = struct.Struct("!H")
+_unpack_header = _HEADER.unpack_from
 _new = object.__new__
 
 Buffer = bytes | bytearray | memoryview
@@ -175,17 +177,19 @@ class IPv4Header:
         """Return the header followed by ``payload``: a whole datagram."""
         return self.build(len(payload)) + payload
 
-    @classmethod
-    def parse(cls, buf: Buffer, *, verify_checksum: bool = True) -> IPv4Header:
+    @staticmethod
+    def parse(buf: Buffer, *, verify_checksum: bool = True) -> IPv4Header:
         """Validate the header at the start of ``buf`` (which may carry link padding after it).
 
         Raises ParseError with reason "truncated", "bad_version", "bad_header_length",
         "bad_total_length", "bad_checksum" or "bad_option".
         """
+        # This runs once per received packet, so it is written for speed: a static method (no
+        # bound method to make), the record filled in directly rather than through __init__.
         n = len(buf)
         if n < IPV4_MIN_HEADER_LEN:
             raise ParseError("truncated", f"{n} bytes, IPv4 header needs 20")
-        vihl, tos, total, ident, flags, ttl, proto, csum, src, dst = _HEADER.unpack_from(buf)
+        vihl, tos, total, ident, flags, ttl, proto, csum, src, dst = _unpack_header(buf)
         if vihl >> 4 != 4:
             raise ParseError("bad_version", f"version {vihl >> 4}")
         header_length = (vihl & 0xF) << 2
@@ -196,12 +200,11 @@ class IPv4Header:
         if total < header_length or total > n:
             raise ParseError("bad_total_length", f"total length {total}, {n} bytes")
         # RFC 1071: a correct header's one's-complement sum is 0xFFFF, i.e. the header read as
-        # one integer is a nonzero multiple of 0xFFFF (see netstack.header.checksum; the
-        # version nibble makes it nonzero, and the header has an even length).
-        if verify_checksum and int.from_bytes(buf[:header_length], "big") % 0xFFFF:
+        # one big-endian integer is a nonzero multiple of 0xFFFF (netstack.header.checksum
+        # explains why; the version nibble makes it nonzero, and its length is even).
+        if verify_checksum and int.from_bytes(buf[:header_length]) % 0xFFFF:
             raise ParseError("bad_checksum", f"header checksum {csum:#06x}")
-        # The record is filled in directly: this runs once per received packet.
-        hdr: IPv4Header = _new(cls)
+        hdr: IPv4Header = _new(IPv4Header)
         if header_length > IPV4_MIN_HEADER_LEN:
             options = bytes(buf[IPV4_MIN_HEADER_LEN:header_length])
             parse_options(options)
@@ -214,10 +217,17 @@ class IPv4Header:
         hdr.ttl = ttl
         hdr.tos = tos
         hdr.ident = ident
-        hdr.reserved_flag = flags & FLAG_RESERVED != 0
-        hdr.dont_fragment = flags & FLAG_DF != 0
-        hdr.more_fragments = flags & FLAG_MF != 0
-        hdr.fragment_offset = (flags & OFFSET_MASK) << 3
+        if flags & _FRAGMENT_BITS:
+            hdr.reserved_flag = flags & FLAG_RESERVED != 0
+            hdr.dont_fragment = flags & FLAG_DF != 0
+            hdr.more_fragments = flags & FLAG_MF != 0
+            hdr.fragment_offset = (flags & OFFSET_MASK) << 3
+        else:
+            # Not a fragment, the common case: DF alone (path MTU discovery, RFC 1191) or none.
+            hdr.reserved_flag = False
+            hdr.dont_fragment = flags != 0
+            hdr.more_fragments = False
+            hdr.fragment_offset = 0
         hdr.total_length = total
         hdr.checksum = csum
         hdr.header_length = header_length

@@ -77,6 +77,7 @@ _HEADER: Final = struct.Struct("!IHBB16s16s")
 _FRAGMENT: Final = struct.Struct("!BBHI")
 # next header, header extension length
 _EXT_PREFIX: Final = struct.Struct("!BB")
+_unpack_header = _HEADER.unpack_from
 _new = object.__new__
 
 Buffer = bytes | bytearray | memoryview
@@ -139,8 +140,8 @@ class IPv6Header:
         """Return the fixed header followed by ``payload`` (extension headers and data)."""
         return self.build(len(payload)) + payload
 
-    @classmethod
-    def parse(cls, buf: Buffer) -> IPv6Header:
+    @staticmethod
+    def parse(buf: Buffer) -> IPv6Header:
         """Validate the fixed header at the start of ``buf`` (which may carry link padding).
 
         Raises ParseError with reason "truncated", "bad_version" or "bad_length" (the payload
@@ -150,7 +151,7 @@ class IPv6Header:
         n = len(buf)
         if n < IPV6_HEADER_LEN:
             raise ParseError("truncated", f"{n} bytes, IPv6 header needs 40")
-        vtf, plen, nh, hlim, src, dst = _HEADER.unpack_from(buf)
+        vtf, plen, nh, hlim, src, dst = _unpack_header(buf)
         if vtf >> 28 != 6:
             raise ParseError("bad_version", f"version {vtf >> 28}")
         if IPV6_HEADER_LEN + plen > n:
@@ -159,8 +160,8 @@ class IPv6Header:
         # Hop-by-Hop header. A zero payload cannot hold a Hop-by-Hop header in any other case.
         if plen == 0 and nh == IPPROTO_HOPOPTS:
             raise ParseError("bad_length", "payload length 0 with hop-by-hop (jumbogram)")
-        # The record is filled in directly: this runs once per received packet.
-        hdr: IPv6Header = _new(cls)
+        # Once per received packet: the record is filled in directly, not through __init__.
+        hdr: IPv6Header = _new(IPv6Header)
         hdr.src = src
         hdr.dst = dst
         hdr.next_header = nh

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from netstack.errors import ParseError
-from netstack.header.checksum import checksum, ones_sum, pseudo_header_sum, transport_checksum
+from netstack.header.checksum import checksum, ones_sum, pseudo_header_sum
 from netstack.header.numbers import IPPROTO_TCP
 
 FIN: Final = 0x01
@@ -99,6 +99,7 @@ _KNOWN_KINDS: Final = frozenset(
     (OPT_EOL, OPT_NOP, OPT_MSS, OPT_WINDOW_SCALE, OPT_SACK_PERMITTED, OPT_SACK, OPT_TIMESTAMP)
 )
 
+_unpack_header = _HEADER.unpack_from
 _new = object.__new__
 _new_tuple = tuple.__new__
 
@@ -158,8 +159,8 @@ class TCPOptions(NamedTuple):
             raise ValueError(f"TCP options take {len(out)} bytes, at most 40 fit")
         return bytes(out)
 
-    @classmethod
-    def parse(cls, buf: Buffer) -> TCPOptions:
+    @staticmethod
+    def parse(buf: Buffer) -> TCPOptions:
         """Decode an option area (RFC 9293 section 3.2). EOL ends it; NOP is skipped.
 
         Raises ParseError("bad_option") on an option whose length is below 2, runs past the
@@ -169,9 +170,10 @@ class TCPOptions(NamedTuple):
         if n == 0:
             return NO_OPTIONS
         if n == 12:
+            # The NOP, NOP, Timestamps layout (RFC 7323 Appendix A), read in one step.
             lead, kind_len, tsval, tsecr = _ALIGNED_TS.unpack_from(buf)
             if lead == _NOP_NOP and kind_len == _TS_KIND_LEN:
-                return _new_tuple(cls, (None, None, False, (), (tsval, tsecr), ()))
+                return _new_tuple(TCPOptions, (None, None, False, (), (tsval, tsecr), ()))
         mss: int | None = None
         window_scale: int | None = None
         sack_permitted = False
@@ -219,7 +221,7 @@ class TCPOptions(NamedTuple):
                 unknown.append((kind, bytes(buf[i + 2 : end])))
             i = end
         return _new_tuple(
-            cls, (mss, window_scale, sack_permitted, sack_blocks, timestamp, tuple(unknown))
+            TCPOptions, (mss, window_scale, sack_permitted, sack_blocks, timestamp, tuple(unknown))
         )
 
 
@@ -247,8 +249,8 @@ class TCPHeader:
     checksum: int = field(default=0, compare=False)
     header_length: int = field(default=0, compare=False)
 
-    @classmethod
-    def parse(cls, buf: Buffer) -> TCPHeader:
+    @staticmethod
+    def parse(buf: Buffer) -> TCPHeader:
         """Validate the header at the start of ``buf`` (the segment) and decode its options.
 
         Raises ParseError with reason "truncated", "bad_data_offset" (below 5 words or past the
@@ -257,12 +259,12 @@ class TCPHeader:
         n = len(buf)
         if n < TCP_MIN_HEADER_LEN:
             raise ParseError("truncated", f"{n} bytes, TCP header needs 20")
-        sport, dport, seq, ack, off, flags, window, csum, urgent = _HEADER.unpack_from(buf)
+        sport, dport, seq, ack, off, flags, window, csum, urgent = _unpack_header(buf)
         header_length = (off >> 4) << 2
         if header_length < TCP_MIN_HEADER_LEN or header_length > n:
             raise ParseError("bad_data_offset", f"data offset {header_length} with {n} bytes")
-        # The record is filled in directly: this runs once per received segment.
-        hdr: TCPHeader = _new(cls)
+        # Once per received segment: the record is filled in directly, not through __init__.
+        hdr: TCPHeader = _new(TCPHeader)
         hdr.options = (
             NO_OPTIONS
             if header_length == TCP_MIN_HEADER_LEN
@@ -321,9 +323,14 @@ def build_tcp(src_addr: bytes, dst_addr: bytes, header: TCPHeader, payload: Buff
 
 def tcp_checksum_ok(src_addr: bytes, dst_addr: bytes, segment: Buffer) -> bool:
     """Return True if the checksum of the whole ``segment`` (header and data) is right."""
-    if len(segment) < TCP_MIN_HEADER_LEN:
+    n = len(segment)
+    if n < TCP_MIN_HEADER_LEN:
         return False
-    return transport_checksum(src_addr, dst_addr, IPPROTO_TCP, segment) == 0
+    # Right when the one's-complement sum over pseudo-header and segment is 0xFFFF
+    # (RFC 9293 section 3.1): pseudo_header_sum and ones_sum written out in one expression,
+    # as this runs once per segment. The protocol number keeps the value nonzero.
+    value = int.from_bytes(segment) << 8 if n & 1 else int.from_bytes(segment)
+    return (value + int.from_bytes(src_addr + dst_addr) + n + IPPROTO_TCP) % 0xFFFF == 0
 
 
 def flags_str(flags: int) -> str:

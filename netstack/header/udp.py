@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from netstack.errors import ParseError
-from netstack.header.checksum import checksum, ones_sum, pseudo_header_sum
+from netstack.header.checksum import checksum, pseudo_header_sum
 from netstack.header.numbers import IPPROTO_UDP
 
 UDP_HEADER_LEN: Final = 8
@@ -36,6 +36,7 @@ UDP_CHECKSUM_AT: Final = 6
 """Offset of Checksum (16 bits)."""
 
 _HEADER: Final = struct.Struct("!HHHH")
+_unpack_header = _HEADER.unpack_from
 _new = object.__new__
 
 Buffer = bytes | bytearray | memoryview
@@ -61,8 +62,8 @@ class UDPHeader:
         except struct.error as exc:
             raise ValueError(f"UDP field out of range: {exc}") from exc
 
-    @classmethod
-    def parse(cls, buf: Buffer) -> UDPHeader:
+    @staticmethod
+    def parse(buf: Buffer) -> UDPHeader:
         """Validate the header at the start of ``buf`` (the IP payload).
 
         Raises ParseError("truncated") below 8 bytes and ParseError("bad_length") when the
@@ -72,11 +73,11 @@ class UDPHeader:
         n = len(buf)
         if n < UDP_HEADER_LEN:
             raise ParseError("truncated", f"{n} bytes, UDP header needs 8")
-        sport, dport, length, csum = _HEADER.unpack_from(buf)
+        sport, dport, length, csum = _unpack_header(buf)
         if length < UDP_HEADER_LEN or length > n:
             raise ParseError("bad_length", f"UDP length {length}, {n} bytes")
-        # The record is filled in directly: this runs once per received datagram.
-        hdr: UDPHeader = _new(cls)
+        # Once per received datagram: the record is filled in directly, not through __init__.
+        hdr: UDPHeader = _new(UDPHeader)
         hdr.src_port = sport
         hdr.dst_port = dport
         hdr.length = length
@@ -116,5 +117,8 @@ def udp_checksum_ok(src_addr: bytes, dst_addr: bytes, datagram: Buffer) -> bool:
         return False
     if datagram[UDP_CHECKSUM_AT] == 0 and datagram[UDP_CHECKSUM_AT + 1] == 0:
         return len(src_addr) == 4
-    # Right when the one's-complement sum over pseudo-header and datagram is 0xFFFF.
-    return ones_sum(datagram, pseudo_header_sum(src_addr, dst_addr, IPPROTO_UDP, n)) == 0xFFFF
+    # Right when the one's-complement sum over pseudo-header and datagram is 0xFFFF: the sum
+    # of pseudo_header_sum and ones_sum written out in one expression (once per datagram).
+    # The nonzero checksum field keeps the value nonzero, so "0xFFFF" is "a multiple of it".
+    value = int.from_bytes(datagram) << 8 if n & 1 else int.from_bytes(datagram)
+    return (value + int.from_bytes(src_addr + dst_addr) + n + IPPROTO_UDP) % 0xFFFF == 0
