@@ -175,8 +175,9 @@ class FilteredDevice:
 
         The destination is read straight from the fixed header at the offsets the header
         modules name (``IPV4_DST``, ``IPV6_DST``) and nothing else is checked: validation
-        belongs to whoever gets the packet (a full parse here would double its cost). A packet too short for its version's
-        header, or of no known version, is counted and returned as unclaimed.
+        belongs to whoever gets the packet (a full parse here would double its cost). A packet
+        too short for its version's header, or of no known version, is counted and returned
+        as unclaimed.
         """
         rules = self._rules
         prefixes = self._prefix_tables
