@@ -3,16 +3,17 @@
     python benchmarks/header_parse.py                    # baseline: the revision before it
     python benchmarks/header_parse.py --baseline REV --rounds 15 --number 20000 --json
 
-The baseline parsers are loaded from ``git show REV:netstack/header/{ipv4,udp,tcp}.py`` as
+The baseline parsers are loaded from ``git show REV:netstack/header/{ipv4,ipv6,udp,tcp}.py`` as
 stand-alone modules (they import only ``netstack.errors`` and ``netstack.header.checksum``
 and ``numbers``, which the change left alone), so "before" and "after" run in the same process
-over the same packets: IPv4 + UDP (a DNS query's size), IPv4 + TCP carrying the
+over the same packets: IPv4 + UDP (a DNS query's size), IPv6 + UDP, IPv4 + TCP carrying the
 NOP/NOP/Timestamps options of every segment from a Linux peer, and a SYN's full option set.
 
 For each header it times, interleaved round by round, and reports the median nanoseconds per
 call and the ratios:
 
-* ``tuple``: the baseline's positional ``parse_fields`` (IPv4 and UDP had one; TCP did not);
+* ``tuple``: the baseline's positional ``parse_fields`` (IPv4 and UDP had one; IPv6 and TCP
+  did not);
 * ``record``: the baseline's record parse (``IPv4Header.parse`` and so on);
 * ``new``: the current one parse.
 
@@ -40,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from netstack.header import ipv4, tcp, udp  # noqa: E402
+from netstack.header import ipv4, ipv6, tcp, udp  # noqa: E402
 from netstack.header.tcp import ACK, PSH, SYN, TCPHeader, TCPOptions, build_tcp  # noqa: E402
 
 # The last revision with a record parser and a positional parser side by side.
@@ -54,7 +55,7 @@ def load_baseline(rev: str) -> dict[str, ModuleType]:
     """Import the header modules of revision ``rev`` under private names."""
     modules: dict[str, ModuleType] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("ipv4", "udp", "tcp"):
+        for name in ("ipv4", "ipv6", "udp", "tcp"):
             text = subprocess.run(
                 ["git", "-C", str(ROOT), "show", f"{rev}:netstack/header/{name}.py"],
                 check=True,
@@ -80,8 +81,10 @@ def packets() -> dict[str, bytes]:
     data_seg = build_tcp(SRC, DST, TCPHeader(40000, 80, 1, 2, ACK | PSH, 502, 0, ts), bytes(100))
     syn_opts = TCPOptions(mss=1460, window_scale=7, sack_permitted=True, timestamp=(1, 0))
     syn = build_tcp(SRC, DST, TCPHeader(40000, 80, 1, 0, SYN, 64240, 0, syn_opts))
+    src6, dst6 = bytes(15) + b"\x01", bytes(15) + b"\x02"
     return {
         "ipv4": ipv4.build_datagram(SRC, DST, 17, udp_dgram, dont_fragment=True),
+        "ipv6": ipv6.IPv6Header(src6, dst6, 17).pack(udp.build_udp(src6, dst6, 40000, 53, query)),
         "udp": udp_dgram,
         "tcp": data_seg,
         "tcp_syn": syn,
@@ -92,12 +95,12 @@ def cases(base: dict[str, ModuleType], pkt: dict[str, bytes]) -> dict[str, dict[
     """Per header, the callables to time; each parses one packet, called as the stack calls it."""
     b4, bu, bt = base["ipv4"], base["udp"], base["tcp"]
     # Module attributes are looked up on every call, as a receive path looks up its globals.
-    old4, oldu, oldt = b4.IPv4Header, bu.UDPHeader, bt.TCPHeader
+    old4, oldu, oldt, old6 = b4.IPv4Header, bu.UDPHeader, bt.TCPHeader, base["ipv6"].IPv6Header
     t4, tu = b4.parse_fields, bu.parse_fields
     old_udp_ok, old_tcp_ok = bu.udp_checksum_ok, bt.tcp_checksum_ok
-    new4, newu, newt = ipv4.IPv4Header, udp.UDPHeader, tcp.TCPHeader
+    new4, newu, newt, new6 = ipv4.IPv4Header, udp.UDPHeader, tcp.TCPHeader, ipv6.IPv6Header
     new_udp_ok, new_tcp_ok = udp.udp_checksum_ok, tcp.tcp_checksum_ok
-    p4, pu, pt, psyn = pkt["ipv4"], pkt["udp"], pkt["tcp"], pkt["tcp_syn"]
+    p4, pu, pt, psyn, p6 = pkt["ipv4"], pkt["udp"], pkt["tcp"], pkt["tcp_syn"], pkt["ipv6"]
 
     def recv4_tuple() -> object:
         # network/ipv4.py before: the tuple unpacked, the flags word tested
@@ -142,6 +145,7 @@ def cases(base: dict[str, ModuleType], pkt: dict[str, bytes]) -> dict[str, dict[
             "record": lambda: old4.parse(p4),
             "new": lambda: new4.parse(p4),
         },
+        "ipv6 parse": {"record": lambda: old6.parse(p6), "new": lambda: new6.parse(p6)},
         "udp parse": {
             "tuple": lambda: tu(pu),
             "record": lambda: oldu.parse(pu),

@@ -84,6 +84,8 @@ __all__ = [
     "MAX_GSO_PACKET",
     "NEEDS_CSUM",
     "PLAIN_HEADER",
+    "VNET_FLAGS_AT",
+    "VNET_GSO_TYPE_AT",
     "VNET_HDR_LEN",
     "Coalesced",
     "Received",
@@ -98,6 +100,10 @@ __all__ = [
 
 #: sizeof(struct virtio_net_hdr): the default TUNSETVNETHDRSZ.
 VNET_HDR_LEN: Final = 10
+#: Offset of the ``flags`` octet in the header (NEEDS_CSUM, DATA_VALID).
+VNET_FLAGS_AT: Final = 0
+#: Offset of the ``gso_type`` octet in the header.
+VNET_GSO_TYPE_AT: Final = 1
 #: VIRTIO_NET_HDR_F_NEEDS_CSUM: the checksum at csum_start + csum_offset is only partial.
 NEEDS_CSUM: Final = 1
 #: VIRTIO_NET_HDR_F_DATA_VALID: the kernel already verified the checksum.
@@ -373,12 +379,12 @@ def complete_checksum(packet: bytearray, csum_start: int, csum_offset: int) -> N
 def finish_plain(frame: bytes) -> bytes:
     """Return the packet of a frame whose ``gso_type`` is NONE, its checksum completed.
 
-    ``frame[1]`` must be 0 (checked by the caller). With NEEDS_CSUM the checksum is completed
+    ``gso_type`` must be NONE (checked by the caller). With NEEDS_CSUM the checksum is completed
     as :func:`complete_checksum` does; otherwise the packet is returned as it is.
     """
     if len(frame) <= VNET_HDR_LEN:
         raise ParseError("vnet_empty", "header without a packet")
-    if not frame[0] & NEEDS_CSUM:
+    if not frame[VNET_FLAGS_AT] & NEEDS_CSUM:
         return frame[VNET_HDR_LEN:]
     start, offset = _CSUM_AT.unpack_from(frame, 6)
     body = frame[VNET_HDR_LEN:]
