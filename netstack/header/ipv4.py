@@ -200,8 +200,8 @@ class IPv4Header:
         if total < header_length or total > n:
             raise ParseError("bad_total_length", f"total length {total}, {n} bytes")
         # RFC 1071: a correct header's one's-complement sum is 0xFFFF, i.e. the header read as
-        # one big-endian integer is a nonzero multiple of 0xFFFF (netstack.header.checksum
-        # explains why; the version nibble makes it nonzero, and its length is even).
+        # one big-endian integer (int.from_bytes's default order) is a nonzero multiple of
+        # 0xFFFF; netstack.header.checksum explains why. The version nibble makes it nonzero.
         if verify_checksum and int.from_bytes(buf[:header_length]) % 0xFFFF:
             raise ParseError("bad_checksum", f"header checksum {csum:#06x}")
         hdr: IPv4Header = _new(IPv4Header)
@@ -218,12 +218,13 @@ class IPv4Header:
         hdr.tos = tos
         hdr.ident = ident
         if flags & _FRAGMENT_BITS:
+            # The reserved bit, More Fragments or an offset: each bit is decoded.
             hdr.reserved_flag = flags & FLAG_RESERVED != 0
             hdr.dont_fragment = flags & FLAG_DF != 0
             hdr.more_fragments = flags & FLAG_MF != 0
             hdr.fragment_offset = (flags & OFFSET_MASK) << 3
         else:
-            # Not a fragment, the common case: DF alone (path MTU discovery, RFC 1191) or none.
+            # The common case, no fragment: DF alone (path MTU discovery, RFC 1191) or nothing.
             hdr.reserved_flag = False
             hdr.dont_fragment = flags != 0
             hdr.more_fragments = False

@@ -89,8 +89,8 @@ _MSS: Final = struct.Struct("!BBH")
 _WS: Final = struct.Struct("!BBBB")  # NOP, kind, length, shift
 _TS: Final = struct.Struct("!BBII")
 _TS_VALUES: Final = struct.Struct("!II")
-# NOP, NOP, Timestamps kind and length, TSval, TSecr: RFC 7323 Appendix A's layout, which
-# every segment of a peer that uses timestamps and no SACK blocks carries.
+# NOP, NOP, Timestamps kind and length, TSval, TSecr: RFC 7323 Appendix A's layout, the whole
+# option area of every segment after the handshake from a peer using timestamps (no SACK).
 _ALIGNED_TS: Final = struct.Struct("!HHII")
 _NOP_NOP: Final = OPT_NOP << 8 | OPT_NOP
 _TS_KIND_LEN: Final = OPT_TIMESTAMP << 8 | 10

@@ -117,8 +117,8 @@ def udp_checksum_ok(src_addr: bytes, dst_addr: bytes, datagram: Buffer) -> bool:
         return False
     if datagram[UDP_CHECKSUM_AT] == 0 and datagram[UDP_CHECKSUM_AT + 1] == 0:
         return len(src_addr) == 4
-    # Right when the one's-complement sum over pseudo-header and datagram is 0xFFFF: the sum
-    # of pseudo_header_sum and ones_sum written out in one expression (once per datagram).
-    # The nonzero checksum field keeps the value nonzero, so "0xFFFF" is "a multiple of it".
+    # Right when the one's-complement sum over pseudo-header and datagram is 0xFFFF, i.e. the
+    # value below is a multiple of 0xFFFF (it is not zero: the checksum field is not). This is
+    # pseudo_header_sum and ones_sum written out in one expression, as it runs per datagram.
     value = int.from_bytes(datagram) << 8 if n & 1 else int.from_bytes(datagram)
     return (value + int.from_bytes(src_addr + dst_addr) + n + IPPROTO_UDP) % 0xFFFF == 0
