@@ -38,7 +38,7 @@ from dnslib import QTYPE
 from netstack.counters import Counters
 from netstack.errors import ParseError
 from netstack.header.ipv4 import IPv4Header, is_fragment
-from netstack.header.ipv6 import IPv6Header
+from netstack.header.ipv6 import IPV6_HEADER_LEN, IPv6Header
 from netstack.header.numbers import IPPROTO_TCP, IPPROTO_UDP
 from netstack.header.tcp import TCPHeader, flags_str, tcp_checksum_ok
 from netstack.header.udp import UDPHeader, udp_checksum_ok
@@ -593,7 +593,7 @@ def _decode(
                     f"{ip6.hop_limit} payload {ip6.payload_length} (RFC 8200 3)",
                 )
             )
-            payload = memoryview(packet)[40 : 40 + ip6.payload_length]
+            payload = memoryview(packet)[IPV6_HEADER_LEN : IPV6_HEADER_LEN + ip6.payload_length]
         else:
             return None
         if proto == IPPROTO_UDP:

@@ -87,13 +87,18 @@ UNREACHABLE_NAMES: Final[dict[int, str]] = {
 """Human-readable names of the Destination Unreachable codes above."""
 
 _HEADER: Final = struct.Struct("!BBHI")
+_new = object.__new__
 
 Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(slots=True)
 class ICMPv4Message:
-    """One ICMP message; ``rest`` is the 32-bit word after the checksum."""
+    """One ICMP message; ``rest`` is the 32-bit word after the checksum.
+
+    :meth:`parse` is the one validated parse; ``checksum`` is the value as read and takes no
+    part in comparisons.
+    """
 
     type: int
     code: int
@@ -135,8 +140,8 @@ class ICMPv4Message:
         csum = checksum(self.payload, ones_sum(zeroed))
         return _HEADER.pack(self.type, self.code, csum, self.rest) + self.payload
 
-    @classmethod
-    def parse(cls, buf: Buffer, *, verify_checksum: bool = True) -> ICMPv4Message:
+    @staticmethod
+    def parse(buf: Buffer, *, verify_checksum: bool = True) -> ICMPv4Message:
         """Parse a whole ICMP message (the IP payload).
 
         Raises ParseError("truncated") below 8 bytes and ParseError("bad_checksum").
@@ -147,7 +152,13 @@ class ICMPv4Message:
         kind, code, csum, rest = _HEADER.unpack_from(buf)
         if verify_checksum and checksum(buf) != 0:
             raise ParseError("bad_checksum", f"ICMP checksum {csum:#06x}")
-        return cls(kind, code, rest, bytes(buf[ICMPV4_HEADER_LEN:]), csum)
+        msg: ICMPv4Message = _new(ICMPv4Message)
+        msg.type = kind
+        msg.code = code
+        msg.rest = rest
+        msg.payload = bytes(buf[ICMPV4_HEADER_LEN:])
+        msg.checksum = csum
+        return msg
 
 
 def echo_request(ident: int, sequence: int, payload: bytes = b"") -> ICMPv4Message:

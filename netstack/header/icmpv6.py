@@ -86,13 +86,18 @@ UNREACHABLE_NAMES: Final[dict[int, str]] = {
 """Human-readable names of the Destination Unreachable codes above."""
 
 _HEADER: Final = struct.Struct("!BBHI")
+_new = object.__new__
 
 Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(slots=True)
 class ICMPv6Message:
-    """One ICMPv6 message; ``rest`` is the 32-bit word after the checksum."""
+    """One ICMPv6 message; ``rest`` is the 32-bit word after the checksum.
+
+    :meth:`parse` is the one validated parse; ``checksum`` is the value as read and takes no
+    part in comparisons.
+    """
 
     type: int
     code: int
@@ -140,9 +145,9 @@ class ICMPv6Message:
         csum = checksum(payload, partial)
         return _HEADER.pack(self.type, self.code, csum, self.rest) + payload
 
-    @classmethod
+    @staticmethod
     def parse(
-        cls, buf: Buffer, src: bytes, dst: bytes, *, verify_checksum: bool = True
+        buf: Buffer, src: bytes, dst: bytes, *, verify_checksum: bool = True
     ) -> ICMPv6Message:
         """Parse a whole ICMPv6 message (the upper-layer data of an IPv6 packet).
 
@@ -154,7 +159,13 @@ class ICMPv6Message:
         kind, code, csum, rest = _HEADER.unpack_from(buf)
         if verify_checksum and transport_checksum(src, dst, IPPROTO_ICMPV6, buf) != 0:
             raise ParseError("bad_checksum", f"ICMPv6 checksum {csum:#06x}")
-        return cls(kind, code, rest, bytes(buf[ICMPV6_HEADER_LEN:]), csum)
+        msg: ICMPv6Message = _new(ICMPv6Message)
+        msg.type = kind
+        msg.code = code
+        msg.rest = rest
+        msg.payload = bytes(buf[ICMPV6_HEADER_LEN:])
+        msg.checksum = csum
+        return msg
 
 
 def echo_request(ident: int, sequence: int, payload: bytes = b"") -> ICMPv6Message:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from netstack.errors import ParseError
-from netstack.header.checksum import checksum, ones_sum
+from netstack.header.checksum import checksum
 
 IPV4_MIN_HEADER_LEN: Final = 20
 """Length of a header without options (IHL = 5)."""
@@ -41,21 +41,57 @@ OPT_EOL: Final = 0
 OPT_NOP: Final = 1
 """No Operation: a single octet used to align the next option."""
 
-_FLAG_RESERVED: Final = 0x8000
-_FLAG_DF: Final = 0x4000
-_FLAG_MF: Final = 0x2000
-_OFFSET_MASK: Final = 0x1FFF
+# Where the fixed header's fields sit (RFC 791 section 3.1). Code that looks at one field of a
+# packet it does not parse (the TUN filter, segmentation offload) reads it here, unvalidated.
+IPV4_TOTAL_LENGTH_AT: Final = 2
+"""Offset of Total Length (16 bits)."""
+IPV4_IDENT_AT: Final = 4
+"""Offset of Identification (16 bits)."""
+IPV4_FLAGS_AT: Final = 6
+"""Offset of the flags and Fragment Offset word (16 bits)."""
+IPV4_PROTOCOL_AT: Final = 9
+"""Offset of Protocol (8 bits)."""
+IPV4_CHECKSUM_AT: Final = 10
+"""Offset of Header Checksum (16 bits)."""
+IPV4_SRC_AT: Final = 12
+"""Offset of Source Address (4 octets)."""
+IPV4_DST_AT: Final = 16
+"""Offset of Destination Address (4 octets)."""
+IPV4_SRC: Final = slice(IPV4_SRC_AT, IPV4_SRC_AT + 4)
+"""Source Address as a slice: ``packet[IPV4_SRC]``."""
+IPV4_DST: Final = slice(IPV4_DST_AT, IPV4_DST_AT + 4)
+"""Destination Address as a slice: ``packet[IPV4_DST]``."""
+IPV4_ADDRESSES: Final = slice(IPV4_SRC_AT, IPV4_DST_AT + 4)
+"""Source and Destination Address together (the pseudo-header's addresses)."""
+
+FLAG_RESERVED: Final = 0x8000
+"""The reserved flag bit of the flags and Fragment Offset word (RFC 791 section 3.1)."""
+FLAG_DF: Final = 0x4000
+"""Don't Fragment."""
+FLAG_MF: Final = 0x2000
+"""More Fragments."""
+OFFSET_MASK: Final = 0x1FFF
+"""Fragment Offset, in 8-octet units."""
+_FRAGMENT_BITS: Final = FLAG_RESERVED | FLAG_MF | OFFSET_MASK
 
 # version/IHL, TOS, total length, identification, flags/offset, TTL, protocol, checksum, src, dst
 _HEADER: Final = struct.Struct("!BBHHHBBH4s4s")
 _CHECKSUM: Final = struct.Struct("!H")
+_unpack_header = _HEADER.unpack_from
+_new = object.__new__
 
 Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(slots=True)
 class IPv4Header:
-    """One IPv4 header; ``fragment_offset`` is in bytes and ``options`` is the raw option area."""
+    """One IPv4 header; ``fragment_offset`` is in bytes and ``options`` is the raw option area.
+
+    :meth:`parse` is the one validated parse of the header, for the receive path and every
+    other reader; the constructor and :meth:`build` are the way to write one. ``checksum`` is
+    the value as read and ``header_length`` follows from ``options``; neither takes part in
+    comparisons.
+    """
 
     src: bytes
     dst: bytes
@@ -70,11 +106,11 @@ class IPv4Header:
     total_length: int = 0
     options: bytes = b""
     checksum: int = field(default=0, compare=False)
+    header_length: int = field(init=False, compare=False, repr=False)
+    """The header length in bytes: 20 plus the option area."""
 
-    @property
-    def header_length(self) -> int:
-        """Return the header length in bytes (20 plus the option area)."""
-        return IPV4_MIN_HEADER_LEN + len(self.options)
+    def __post_init__(self) -> None:
+        self.header_length = IPV4_MIN_HEADER_LEN + len(self.options)
 
     @property
     def dscp(self) -> int:
@@ -100,7 +136,7 @@ class IPv4Header:
         if len(self.src) != 4 or len(self.dst) != 4:
             raise ValueError("IPv4 addresses must be 4 bytes")
         offset = self.fragment_offset
-        if offset & 7 or not 0 <= offset <= _OFFSET_MASK * 8:
+        if offset & 7 or not 0 <= offset <= OFFSET_MASK * 8:
             raise ValueError(f"fragment offset must be a multiple of 8 in [0, 65528]: {offset}")
         header_length = IPV4_MIN_HEADER_LEN + n_opts
         total = header_length + payload_length
@@ -108,11 +144,11 @@ class IPv4Header:
             raise ValueError(f"IPv4 total length out of range: {total}")
         flags = offset >> 3
         if self.reserved_flag:
-            flags |= _FLAG_RESERVED
+            flags |= FLAG_RESERVED
         if self.dont_fragment:
-            flags |= _FLAG_DF
+            flags |= FLAG_DF
         if self.more_fragments:
-            flags |= _FLAG_MF
+            flags |= FLAG_MF
         try:
             fixed = _HEADER.pack(
                 0x40 | (header_length >> 2),
@@ -134,72 +170,69 @@ class IPv4Header:
         header = bytearray(fixed)
         if n_opts:
             header += options
-        _CHECKSUM.pack_into(header, 10, checksum(header))
+        _CHECKSUM.pack_into(header, IPV4_CHECKSUM_AT, checksum(header))
         return bytes(header)
 
     def pack(self, payload: bytes | memoryview) -> bytes:
         """Return the header followed by ``payload``: a whole datagram."""
         return self.build(len(payload)) + payload
 
-    @classmethod
-    def parse(cls, buf: Buffer, *, verify_checksum: bool = True) -> IPv4Header:
-        """Parse the header at the start of ``buf`` (which may carry link padding after it).
+    @staticmethod
+    def parse(buf: Buffer, *, verify_checksum: bool = True) -> IPv4Header:
+        """Validate the header at the start of ``buf`` (which may carry link padding after it).
 
         Raises ParseError with reason "truncated", "bad_version", "bad_header_length",
         "bad_total_length", "bad_checksum" or "bad_option".
         """
-        header_length, total, ident, flags, ttl, proto, src, dst = parse_fields(
-            buf, verify_checksum=verify_checksum
-        )
-        options = b""
+        # This runs once per received packet, so it is written for speed: a static method (no
+        # bound method to make), the record filled in directly rather than through __init__.
+        n = len(buf)
+        if n < IPV4_MIN_HEADER_LEN:
+            raise ParseError("truncated", f"{n} bytes, IPv4 header needs 20")
+        vihl, tos, total, ident, flags, ttl, proto, csum, src, dst = _unpack_header(buf)
+        if vihl >> 4 != 4:
+            raise ParseError("bad_version", f"version {vihl >> 4}")
+        header_length = (vihl & 0xF) << 2
+        if header_length < IPV4_MIN_HEADER_LEN or header_length > n:
+            raise ParseError("bad_header_length", f"IHL {header_length} with {n} bytes")
+        # RFC 791 section 3.1: Total Length covers header and data; bytes past it are link
+        # padding (an Ethernet minimum frame, for one) that the caller trims.
+        if total < header_length or total > n:
+            raise ParseError("bad_total_length", f"total length {total}, {n} bytes")
+        # RFC 1071: a correct header's one's-complement sum is 0xFFFF, i.e. the header read as
+        # one big-endian integer (int.from_bytes's default order) is a nonzero multiple of
+        # 0xFFFF; netstack.header.checksum explains why. The version nibble makes it nonzero.
+        if verify_checksum and int.from_bytes(buf[:header_length]) % 0xFFFF:
+            raise ParseError("bad_checksum", f"header checksum {csum:#06x}")
+        hdr: IPv4Header = _new(IPv4Header)
         if header_length > IPV4_MIN_HEADER_LEN:
             options = bytes(buf[IPV4_MIN_HEADER_LEN:header_length])
-        return cls(
-            src,
-            dst,
-            proto,
-            ttl,
-            buf[1],
-            ident,
-            bool(flags & _FLAG_RESERVED),
-            bool(flags & _FLAG_DF),
-            bool(flags & _FLAG_MF),
-            (flags & _OFFSET_MASK) << 3,
-            total,
-            options,
-            (buf[10] << 8) | buf[11],
-        )
-
-
-def parse_fields(
-    buf: Buffer, *, verify_checksum: bool = True
-) -> tuple[int, int, int, int, int, int, bytes, bytes]:
-    """Validate the header at the start of ``buf`` and return its fields as a plain tuple.
-
-    ``(header_length, total_length, ident, flags_and_offset, ttl, protocol, src, dst)``, where
-    ``flags_and_offset`` is the raw 16-bit word (flags in the top 3 bits, the offset in 8-octet
-    units below). The checks and ParseError reasons are those of :meth:`IPv4Header.parse`,
-    which is built on this; the receive path uses it directly to skip building a record.
-    """
-    n = len(buf)
-    if n < IPV4_MIN_HEADER_LEN:
-        raise ParseError("truncated", f"{n} bytes, IPv4 header needs 20")
-    vihl, _tos, total, ident, flags, ttl, proto, _csum, src, dst = _HEADER.unpack_from(buf)
-    if vihl >> 4 != 4:
-        raise ParseError("bad_version", f"version {vihl >> 4}")
-    header_length = (vihl & 0xF) << 2
-    if header_length < IPV4_MIN_HEADER_LEN or header_length > n:
-        raise ParseError("bad_header_length", f"IHL {header_length} with {n} bytes")
-    # RFC 791 section 3.1: Total Length covers header and data; bytes past it are link
-    # padding (an Ethernet minimum frame, for one) that the caller trims.
-    if total < header_length or total > n:
-        raise ParseError("bad_total_length", f"total length {total}, {n} bytes")
-    # RFC 1071: a correct header sums to 0xFFFF (its checksum over itself is zero).
-    if verify_checksum and ones_sum(buf[:header_length]) != 0xFFFF:
-        raise ParseError("bad_checksum", f"header checksum {_csum:#06x}")
-    if header_length > IPV4_MIN_HEADER_LEN:
-        parse_options(buf[IPV4_MIN_HEADER_LEN:header_length])
-    return header_length, total, ident, flags, ttl, proto, src, dst
+            parse_options(options)
+            hdr.options = options
+        else:
+            hdr.options = b""
+        hdr.src = src
+        hdr.dst = dst
+        hdr.protocol = proto
+        hdr.ttl = ttl
+        hdr.tos = tos
+        hdr.ident = ident
+        if flags & _FRAGMENT_BITS:
+            # The reserved bit, More Fragments or an offset: each bit is decoded.
+            hdr.reserved_flag = flags & FLAG_RESERVED != 0
+            hdr.dont_fragment = flags & FLAG_DF != 0
+            hdr.more_fragments = flags & FLAG_MF != 0
+            hdr.fragment_offset = (flags & OFFSET_MASK) << 3
+        else:
+            # The common case, no fragment: DF alone (path MTU discovery, RFC 1191) or nothing.
+            hdr.reserved_flag = False
+            hdr.dont_fragment = flags != 0
+            hdr.more_fragments = False
+            hdr.fragment_offset = 0
+        hdr.total_length = total
+        hdr.checksum = csum
+        hdr.header_length = header_length
+        return hdr
 
 
 def build_datagram(
@@ -219,7 +252,7 @@ def build_datagram(
     Raises ValueError when a field or the length does not fit the wire format.
     """
     total = IPV4_MIN_HEADER_LEN + len(payload)
-    flags = _FLAG_DF if dont_fragment else 0
+    flags = FLAG_DF if dont_fragment else 0
     # RFC 1071: the one's-complement sum of the header's 16-bit words, added here as integers
     # (the address words arrive as one integer, congruent modulo 0xFFFF to their sum).
     word_sum = (

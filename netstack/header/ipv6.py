@@ -39,6 +39,25 @@ IPV6_FRAGMENT_HEADER_LEN: Final = 8
 IPV6_MIN_MTU: Final = 1280
 """The minimum link MTU every IPv6 link must carry (RFC 8200 section 5)."""
 
+# Where the fixed header's fields sit (RFC 8200 section 3). Code that looks at one field of a
+# packet it does not parse (the TUN filter, segmentation offload) reads it here, unvalidated.
+IPV6_PAYLOAD_LENGTH_AT: Final = 4
+"""Offset of Payload Length (16 bits)."""
+IPV6_NEXT_HEADER_AT: Final = 6
+"""Offset of Next Header (8 bits)."""
+IPV6_HOP_LIMIT_AT: Final = 7
+"""Offset of Hop Limit (8 bits)."""
+IPV6_SRC_AT: Final = 8
+"""Offset of Source Address (16 octets)."""
+IPV6_DST_AT: Final = 24
+"""Offset of Destination Address (16 octets)."""
+IPV6_SRC: Final = slice(IPV6_SRC_AT, IPV6_SRC_AT + 16)
+"""Source Address as a slice: ``packet[IPV6_SRC]``."""
+IPV6_DST: Final = slice(IPV6_DST_AT, IPV6_DST_AT + 16)
+"""Destination Address as a slice: ``packet[IPV6_DST]``."""
+IPV6_ADDRESSES: Final = slice(IPV6_SRC_AT, IPV6_DST_AT + 16)
+"""Source and Destination Address together (the pseudo-header's addresses)."""
+
 # TLV option types of RFC 8200 section 4.2 with a fixed meaning.
 OPT_PAD1: Final = 0
 """Pad1: a single octet of padding with no length field."""
@@ -58,13 +77,20 @@ _HEADER: Final = struct.Struct("!IHBB16s16s")
 _FRAGMENT: Final = struct.Struct("!BBHI")
 # next header, header extension length
 _EXT_PREFIX: Final = struct.Struct("!BB")
+_unpack_header = _HEADER.unpack_from
+_new = object.__new__
 
 Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(slots=True)
 class IPv6Header:
-    """The 40-byte IPv6 fixed header (RFC 8200 section 3)."""
+    """The 40-byte IPv6 fixed header (RFC 8200 section 3).
+
+    :meth:`parse` is the one validated parse of the fixed header and :func:`walk_extensions`
+    the one walk of the extension headers after it; the constructor and :meth:`build` are the
+    way to write one.
+    """
 
     src: bytes
     dst: bytes
@@ -114,9 +140,9 @@ class IPv6Header:
         """Return the fixed header followed by ``payload`` (extension headers and data)."""
         return self.build(len(payload)) + payload
 
-    @classmethod
-    def parse(cls, buf: Buffer) -> IPv6Header:
-        """Parse the fixed header at the start of ``buf`` (which may carry link padding).
+    @staticmethod
+    def parse(buf: Buffer) -> IPv6Header:
+        """Validate the fixed header at the start of ``buf`` (which may carry link padding).
 
         Raises ParseError with reason "truncated", "bad_version" or "bad_length" (the payload
         runs past the buffer, or Payload Length is zero with a Hop-by-Hop header, i.e. a
@@ -125,7 +151,7 @@ class IPv6Header:
         n = len(buf)
         if n < IPV6_HEADER_LEN:
             raise ParseError("truncated", f"{n} bytes, IPv6 header needs 40")
-        vtf, plen, nh, hlim, src, dst = _HEADER.unpack_from(buf)
+        vtf, plen, nh, hlim, src, dst = _unpack_header(buf)
         if vtf >> 28 != 6:
             raise ParseError("bad_version", f"version {vtf >> 28}")
         if IPV6_HEADER_LEN + plen > n:
@@ -134,7 +160,16 @@ class IPv6Header:
         # Hop-by-Hop header. A zero payload cannot hold a Hop-by-Hop header in any other case.
         if plen == 0 and nh == IPPROTO_HOPOPTS:
             raise ParseError("bad_length", "payload length 0 with hop-by-hop (jumbogram)")
-        return cls(src, dst, nh, hlim, (vtf >> 20) & 0xFF, vtf & 0xFFFFF, plen)
+        # Once per received packet: the record is filled in directly, not through __init__.
+        hdr: IPv6Header = _new(IPv6Header)
+        hdr.src = src
+        hdr.dst = dst
+        hdr.next_header = nh
+        hdr.hop_limit = hlim
+        hdr.traffic_class = (vtf >> 20) & 0xFF
+        hdr.flow_label = vtf & 0xFFFFF
+        hdr.payload_length = plen
+        return hdr
 
 
 @dataclass(slots=True, frozen=True)

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from netstack.errors import ParseError
-from netstack.header.checksum import checksum, ones_sum, pseudo_header_sum, transport_checksum
+from netstack.header.checksum import checksum, ones_sum, pseudo_header_sum
 from netstack.header.numbers import IPPROTO_TCP
 
 FIN: Final = 0x01
@@ -45,6 +45,27 @@ TCP_MIN_HEADER_LEN: Final = 20
 """Length of a header without options (Data Offset 5)."""
 TCP_MAX_OPTIONS_LEN: Final = 40
 """Room for options: Data Offset is at most 15 words (RFC 9293 section 3.1)."""
+
+# Where the header's fields sit (RFC 9293 section 3.1), for code that reads one field of a
+# segment it does not parse (segmentation offload); offsets from the start of the TCP header.
+TCP_SRC_PORT_AT: Final = 0
+"""Offset of Source Port (16 bits)."""
+TCP_DST_PORT_AT: Final = 2
+"""Offset of Destination Port (16 bits)."""
+TCP_SEQ_AT: Final = 4
+"""Offset of Sequence Number (32 bits)."""
+TCP_ACK_AT: Final = 8
+"""Offset of Acknowledgment Number (32 bits)."""
+TCP_DATA_OFFSET_AT: Final = 12
+"""Offset of the octet whose high 4 bits are Data Offset, in 32-bit words."""
+TCP_FLAGS_AT: Final = 13
+"""Offset of the control bits (CWR ... FIN)."""
+TCP_WINDOW_AT: Final = 14
+"""Offset of Window (16 bits)."""
+TCP_CHECKSUM_AT: Final = 16
+"""Offset of Checksum (16 bits)."""
+TCP_URGENT_AT: Final = 18
+"""Offset of Urgent Pointer (16 bits)."""
 
 # Option kinds (RFC 9293 section 3.2, RFC 7323 sections 2.2 and 3.2, RFC 2018 sections 2-3).
 OPT_EOL: Final = 0
@@ -68,20 +89,30 @@ _MSS: Final = struct.Struct("!BBH")
 _WS: Final = struct.Struct("!BBBB")  # NOP, kind, length, shift
 _TS: Final = struct.Struct("!BBII")
 _TS_VALUES: Final = struct.Struct("!II")
+# NOP, NOP, Timestamps kind and length, TSval, TSecr: RFC 7323 Appendix A's layout, the whole
+# option area of every segment after the handshake from a peer using timestamps (no SACK).
+_ALIGNED_TS: Final = struct.Struct("!HHII")
+_NOP_NOP: Final = OPT_NOP << 8 | OPT_NOP
+_TS_KIND_LEN: Final = OPT_TIMESTAMP << 8 | 10
 _SACK_BLOCKS: Final = tuple(struct.Struct(f"!{2 * n}I") for n in range(MAX_SACK_BLOCKS + 1))
 _KNOWN_KINDS: Final = frozenset(
     (OPT_EOL, OPT_NOP, OPT_MSS, OPT_WINDOW_SCALE, OPT_SACK_PERMITTED, OPT_SACK, OPT_TIMESTAMP)
 )
 
+_unpack_header = _HEADER.unpack_from
+_new = object.__new__
+_new_tuple = tuple.__new__
+
 Buffer = bytes | bytearray | memoryview
 
 
-@dataclass(slots=True, frozen=True)
-class TCPOptions:
+class TCPOptions(NamedTuple):
     """The options of one segment, decoded. Immutable, so one instance can be shared.
 
     ``sack_blocks`` holds (left edge, right edge) pairs; ``timestamp`` is (TSval, TSecr);
     ``unknown`` keeps (kind, data) of options this module does not decode, in wire order.
+    A named tuple rather than a frozen dataclass: one is built for nearly every segment sent
+    or received, and a frozen dataclass costs several times as much to build.
     """
 
     mss: int | None = None
@@ -128,8 +159,8 @@ class TCPOptions:
             raise ValueError(f"TCP options take {len(out)} bytes, at most 40 fit")
         return bytes(out)
 
-    @classmethod
-    def parse(cls, buf: Buffer) -> TCPOptions:
+    @staticmethod
+    def parse(buf: Buffer) -> TCPOptions:
         """Decode an option area (RFC 9293 section 3.2). EOL ends it; NOP is skipped.
 
         Raises ParseError("bad_option") on an option whose length is below 2, runs past the
@@ -138,6 +169,11 @@ class TCPOptions:
         n = len(buf)
         if n == 0:
             return NO_OPTIONS
+        if n == 12:
+            # The NOP, NOP, Timestamps layout (RFC 7323 Appendix A), read in one step.
+            lead, kind_len, tsval, tsecr = _ALIGNED_TS.unpack_from(buf)
+            if lead == _NOP_NOP and kind_len == _TS_KIND_LEN:
+                return _new_tuple(TCPOptions, (None, None, False, (), (tsval, tsecr), ()))
         mss: int | None = None
         window_scale: int | None = None
         sack_permitted = False
@@ -184,7 +220,9 @@ class TCPOptions:
             else:
                 unknown.append((kind, bytes(buf[i + 2 : end])))
             i = end
-        return cls(mss, window_scale, sack_permitted, sack_blocks, timestamp, tuple(unknown))
+        return _new_tuple(
+            TCPOptions, (mss, window_scale, sack_permitted, sack_blocks, timestamp, tuple(unknown))
+        )
 
 
 NO_OPTIONS: Final = TCPOptions()
@@ -193,7 +231,12 @@ NO_OPTIONS: Final = TCPOptions()
 
 @dataclass(slots=True)
 class TCPHeader:
-    """One TCP header. ``checksum`` and ``header_length`` are as read by :meth:`parse`."""
+    """One TCP header. ``checksum`` and ``header_length`` are as read by :meth:`parse`.
+
+    :meth:`parse` is the one validated parse of the header and its options; the constructor
+    and :func:`build_tcp` are the way to write one. ``checksum`` and ``header_length`` take no
+    part in comparisons.
+    """
 
     src_port: int
     dst_port: int
@@ -206,9 +249,9 @@ class TCPHeader:
     checksum: int = field(default=0, compare=False)
     header_length: int = field(default=0, compare=False)
 
-    @classmethod
-    def parse(cls, buf: Buffer) -> TCPHeader:
-        """Parse the header at the start of ``buf`` (the segment).
+    @staticmethod
+    def parse(buf: Buffer) -> TCPHeader:
+        """Validate the header at the start of ``buf`` (the segment) and decode its options.
 
         Raises ParseError with reason "truncated", "bad_data_offset" (below 5 words or past the
         buffer) or "bad_option". The reserved bits are ignored (RFC 9293 section 3.1).
@@ -216,16 +259,27 @@ class TCPHeader:
         n = len(buf)
         if n < TCP_MIN_HEADER_LEN:
             raise ParseError("truncated", f"{n} bytes, TCP header needs 20")
-        sport, dport, seq, ack, off, flags, window, csum, urgent = _HEADER.unpack_from(buf)
+        sport, dport, seq, ack, off, flags, window, csum, urgent = _unpack_header(buf)
         header_length = (off >> 4) << 2
         if header_length < TCP_MIN_HEADER_LEN or header_length > n:
             raise ParseError("bad_data_offset", f"data offset {header_length} with {n} bytes")
-        options = (
+        # Once per received segment: the record is filled in directly, not through __init__.
+        hdr: TCPHeader = _new(TCPHeader)
+        hdr.options = (
             NO_OPTIONS
             if header_length == TCP_MIN_HEADER_LEN
             else TCPOptions.parse(buf[TCP_MIN_HEADER_LEN:header_length])
         )
-        return cls(sport, dport, seq, ack, flags, window, urgent, options, csum, header_length)
+        hdr.src_port = sport
+        hdr.dst_port = dport
+        hdr.seq = seq
+        hdr.ack = ack
+        hdr.flags = flags
+        hdr.window = window
+        hdr.urgent = urgent
+        hdr.checksum = csum
+        hdr.header_length = header_length
+        return hdr
 
     def build(self) -> bytes:
         """Return the header bytes with the checksum field zero (see :func:`build_tcp`)."""
@@ -269,9 +323,14 @@ def build_tcp(src_addr: bytes, dst_addr: bytes, header: TCPHeader, payload: Buff
 
 def tcp_checksum_ok(src_addr: bytes, dst_addr: bytes, segment: Buffer) -> bool:
     """Return True if the checksum of the whole ``segment`` (header and data) is right."""
-    if len(segment) < TCP_MIN_HEADER_LEN:
+    n = len(segment)
+    if n < TCP_MIN_HEADER_LEN:
         return False
-    return transport_checksum(src_addr, dst_addr, IPPROTO_TCP, segment) == 0
+    # Right when the one's-complement sum over pseudo-header and segment is 0xFFFF
+    # (RFC 9293 section 3.1): pseudo_header_sum and ones_sum written out in one expression,
+    # as this runs once per segment. The protocol number keeps the value nonzero.
+    value = int.from_bytes(segment) << 8 if n & 1 else int.from_bytes(segment)
+    return (value + int.from_bytes(src_addr + dst_addr) + n + IPPROTO_TCP) % 0xFFFF == 0
 
 
 def flags_str(flags: int) -> str:

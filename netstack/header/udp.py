@@ -18,20 +18,37 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from netstack.errors import ParseError
-from netstack.header.checksum import checksum, ones_sum, pseudo_header_sum
+from netstack.header.checksum import checksum, pseudo_header_sum
 from netstack.header.numbers import IPPROTO_UDP
 
 UDP_HEADER_LEN: Final = 8
 """Length of the UDP header."""
 
+# Where the header's fields sit (RFC 768), for code that reads one field of a datagram it does
+# not parse; offsets from the start of the UDP header.
+UDP_SRC_PORT_AT: Final = 0
+"""Offset of Source Port (16 bits)."""
+UDP_DST_PORT_AT: Final = 2
+"""Offset of Destination Port (16 bits)."""
+UDP_LENGTH_AT: Final = 4
+"""Offset of Length (16 bits)."""
+UDP_CHECKSUM_AT: Final = 6
+"""Offset of Checksum (16 bits)."""
+
 _HEADER: Final = struct.Struct("!HHHH")
+_unpack_header = _HEADER.unpack_from
+_new = object.__new__
 
 Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(slots=True)
 class UDPHeader:
-    """One UDP header; ``length`` covers header and data (RFC 768)."""
+    """One UDP header; ``length`` covers header and data (RFC 768).
+
+    :meth:`parse` is the one validated parse of the header; ``checksum`` is the value as read
+    and takes no part in comparisons.
+    """
 
     src_port: int
     dst_port: int
@@ -45,29 +62,27 @@ class UDPHeader:
         except struct.error as exc:
             raise ValueError(f"UDP field out of range: {exc}") from exc
 
-    @classmethod
-    def parse(cls, buf: Buffer) -> UDPHeader:
-        """Parse the header at the start of ``buf`` (the IP payload).
+    @staticmethod
+    def parse(buf: Buffer) -> UDPHeader:
+        """Validate the header at the start of ``buf`` (the IP payload).
 
         Raises ParseError("truncated") below 8 bytes and ParseError("bad_length") when the
-        Length field is below 8 or beyond the buffer.
+        Length field is below 8 or beyond the buffer. The checksum is checked apart, with the
+        pseudo-header (:func:`udp_checksum_ok`).
         """
-        return cls(*parse_fields(buf))
-
-
-def parse_fields(buf: Buffer) -> tuple[int, int, int, int]:
-    """Validate the header at the start of ``buf``; return (src port, dst port, length, checksum).
-
-    The checks and ParseError reasons of :meth:`UDPHeader.parse`, which is built on this; the
-    receive path uses it directly to skip building a record.
-    """
-    n = len(buf)
-    if n < UDP_HEADER_LEN:
-        raise ParseError("truncated", f"{n} bytes, UDP header needs 8")
-    sport, dport, length, csum = _HEADER.unpack_from(buf)
-    if length < UDP_HEADER_LEN or length > n:
-        raise ParseError("bad_length", f"UDP length {length}, {n} bytes")
-    return sport, dport, length, csum
+        n = len(buf)
+        if n < UDP_HEADER_LEN:
+            raise ParseError("truncated", f"{n} bytes, UDP header needs 8")
+        sport, dport, length, csum = _unpack_header(buf)
+        if length < UDP_HEADER_LEN or length > n:
+            raise ParseError("bad_length", f"UDP length {length}, {n} bytes")
+        # Once per received datagram: the record is filled in directly, not through __init__.
+        hdr: UDPHeader = _new(UDPHeader)
+        hdr.src_port = sport
+        hdr.dst_port = dport
+        hdr.length = length
+        hdr.checksum = csum
+        return hdr
 
 
 def build_udp(
@@ -100,7 +115,10 @@ def udp_checksum_ok(src_addr: bytes, dst_addr: bytes, datagram: Buffer) -> bool:
     n = len(datagram)
     if n < UDP_HEADER_LEN:
         return False
-    if datagram[6] == 0 and datagram[7] == 0:
+    if datagram[UDP_CHECKSUM_AT] == 0 and datagram[UDP_CHECKSUM_AT + 1] == 0:
         return len(src_addr) == 4
-    # Right when the one's-complement sum over pseudo-header and datagram is 0xFFFF.
-    return ones_sum(datagram, pseudo_header_sum(src_addr, dst_addr, IPPROTO_UDP, n)) == 0xFFFF
+    # Right when the one's-complement sum over pseudo-header and datagram is 0xFFFF, i.e. the
+    # value below is a multiple of 0xFFFF (it is not zero: the checksum field is not). This is
+    # pseudo_header_sum and ones_sum written out in one expression, as it runs per datagram.
+    value = int.from_bytes(datagram) << 8 if n & 1 else int.from_bytes(datagram)
+    return (value + int.from_bytes(src_addr + dst_addr) + n + IPPROTO_UDP) % 0xFFFF == 0

@@ -26,8 +26,11 @@ from netstack.counters import Counters
 from netstack.errors import ParseError
 from netstack.link import NetworkDispatcher
 from netstack.link.offload import (
+    GSO_NONE,
     NEEDS_CSUM,
     PLAIN_HEADER,
+    VNET_FLAGS_AT,
+    VNET_GSO_TYPE_AT,
     VNET_HDR_LEN,
     coalesce,
     finish_plain,
@@ -204,10 +207,10 @@ class FdEndpoint:
                 nbytes += len(packet)
                 if not vnet:
                     dispatcher.deliver_network_packet(packet)
-                elif packet[1] == 0 and len(packet) > VNET_HDR_LEN:
+                elif packet[VNET_GSO_TYPE_AT] == GSO_NONE and len(packet) > VNET_HDR_LEN:
                     # No GSO: strip the header, completing a partial checksum (TUN_F_CSUM lets
                     # the kernel leave one on any packet, UDP included).
-                    if packet[0] & NEEDS_CSUM:
+                    if packet[VNET_FLAGS_AT] & NEEDS_CSUM:
                         try:
                             packet = finish_plain(packet)
                         except ParseError as exc:

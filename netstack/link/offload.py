@@ -33,6 +33,45 @@ from typing import Final
 
 from netstack.errors import ParseError
 from netstack.header.checksum import checksum, ones_sum, pseudo_header_sum
+from netstack.header.ipv4 import (
+    FLAG_MF,
+    IPV4_ADDRESSES,
+    IPV4_CHECKSUM_AT,
+    IPV4_DST,
+    IPV4_FLAGS_AT,
+    IPV4_IDENT_AT,
+    IPV4_MIN_HEADER_LEN,
+    IPV4_PROTOCOL_AT,
+    IPV4_SRC,
+    IPV4_TOTAL_LENGTH_AT,
+    OFFSET_MASK,
+    IPv4Header,
+)
+from netstack.header.ipv6 import (
+    IPV6_ADDRESSES,
+    IPV6_DST,
+    IPV6_HEADER_LEN,
+    IPV6_NEXT_HEADER_AT,
+    IPV6_PAYLOAD_LENGTH_AT,
+    IPV6_SRC,
+    IPv6Header,
+)
+from netstack.header.numbers import IPPROTO_TCP
+from netstack.header.tcp import (
+    ACK,
+    CWR,
+    FIN,
+    PSH,
+    TCP_ACK_AT,
+    TCP_CHECKSUM_AT,
+    TCP_DATA_OFFSET_AT,
+    TCP_FLAGS_AT,
+    TCP_MIN_HEADER_LEN,
+    TCP_SEQ_AT,
+    TCP_URGENT_AT,
+    TCP_WINDOW_AT,
+    TCPHeader,
+)
 
 __all__ = [
     "DATA_VALID",
@@ -45,6 +84,8 @@ __all__ = [
     "MAX_GSO_PACKET",
     "NEEDS_CSUM",
     "PLAIN_HEADER",
+    "VNET_FLAGS_AT",
+    "VNET_GSO_TYPE_AT",
     "VNET_HDR_LEN",
     "Coalesced",
     "Received",
@@ -59,6 +100,10 @@ __all__ = [
 
 #: sizeof(struct virtio_net_hdr): the default TUNSETVNETHDRSZ.
 VNET_HDR_LEN: Final = 10
+#: Offset of the ``flags`` octet in the header (NEEDS_CSUM, DATA_VALID).
+VNET_FLAGS_AT: Final = 0
+#: Offset of the ``gso_type`` octet in the header.
+VNET_GSO_TYPE_AT: Final = 1
 #: VIRTIO_NET_HDR_F_NEEDS_CSUM: the checksum at csum_start + csum_offset is only partial.
 NEEDS_CSUM: Final = 1
 #: VIRTIO_NET_HDR_F_DATA_VALID: the kernel already verified the checksum.
@@ -79,12 +124,15 @@ _HDR: Final = struct.Struct("=BBHHHH")
 #: The header for a packet with nothing offloaded: checksums complete, no segmentation.
 PLAIN_HEADER: Final = bytes(VNET_HDR_LEN)
 
-_TCP: Final = 6
-_TCP_CHECK: Final = 16  # offset of the checksum in the TCP header (RFC 9293 section 3.1)
-_ACK: Final = 0x10
-_PSH: Final = 0x08
-_FIN: Final = 0x01
-_CWR: Final = 0x80
+# The header fields read and rewritten here sit at the offsets the header modules name
+# (netstack.header.ipv4, ipv6, tcp); this module looks at single fields of packets it does not
+# parse, on the send path where every packet passes through.
+_V4_NO_OPTIONS: Final = 0x45  # version 4, IHL 5 (RFC 791 section 3.1)
+_MF_OR_OFFSET_HIGH: Final = (
+    FLAG_MF | OFFSET_MASK
+) >> 8  # their bits in the flags word's first octet
+_V4_TCP: Final = IPV4_MIN_HEADER_LEN + TCP_MIN_HEADER_LEN
+_V6_TCP: Final = IPV6_HEADER_LEN + TCP_MIN_HEADER_LEN
 _U16: Final = struct.Struct("!H")
 _CSUM_AT: Final = struct.Struct("=HH")  # csum_start, csum_offset at byte 6 of the header
 _U32: Final = struct.Struct("!I")
@@ -152,22 +200,32 @@ def _tcp_offset(pkt: bytes) -> int:
     """
     n = len(pkt)
     first = pkt[0] if n else 0
-    if first == 0x45:
+    if first == _V4_NO_OPTIONS:
         # Total Length must match; MF clear and Fragment Offset zero.
-        if n < 40 or pkt[9] != _TCP or pkt[6] & 0x3F or pkt[7] or _U16.unpack_from(pkt, 2)[0] != n:
+        if (
+            n < _V4_TCP
+            or pkt[IPV4_PROTOCOL_AT] != IPPROTO_TCP
+            or pkt[IPV4_FLAGS_AT] & _MF_OR_OFFSET_HIGH
+            or pkt[IPV4_FLAGS_AT + 1]
+            or _U16.unpack_from(pkt, IPV4_TOTAL_LENGTH_AT)[0] != n
+        ):
             return 0
-        t = 20
+        t = IPV4_MIN_HEADER_LEN
     elif first >> 4 == 6:
-        if n < 60 or pkt[6] != _TCP or _U16.unpack_from(pkt, 4)[0] != n - 40:
+        if (
+            n < _V6_TCP
+            or pkt[IPV6_NEXT_HEADER_AT] != IPPROTO_TCP
+            or _U16.unpack_from(pkt, IPV6_PAYLOAD_LENGTH_AT)[0] != n - IPV6_HEADER_LEN
+        ):
             return 0
-        t = 40
+        t = IPV6_HEADER_LEN
     else:
         return 0
-    flags = pkt[t + 13]
-    if flags != _ACK and flags != _ACK | _PSH:
+    flags = pkt[t + TCP_FLAGS_AT]
+    if flags != ACK and flags != ACK | PSH:
         return 0
-    thl = (pkt[t + 12] >> 4) * 4
-    if thl < 20 or t + thl >= n:
+    thl = (pkt[t + TCP_DATA_OFFSET_AT] >> 4) * 4
+    if thl < TCP_MIN_HEADER_LEN or t + thl >= n:
         return 0
     return t
 
@@ -179,7 +237,7 @@ def starts_run(packet: bytes) -> bool:
     alone, so a writer may send it at once when nothing is waiting before it.
     """
     t = _tcp_offset(packet)
-    return t != 0 and packet[t + 13] == _ACK
+    return t != 0 and packet[t + TCP_FLAGS_AT] == ACK
 
 
 def _same_flow(head: bytes, pkt: bytes, t: int, thl: int) -> bool:
@@ -189,17 +247,27 @@ def _same_flow(head: bytes, pkt: bytes, t: int, thl: int) -> bool:
     sets the lengths, the IPv4 Identification and header checksum, the sequence number, PSH/FIN
     on the last segment and the TCP checksum; everything else must already be equal.
     """
-    if t == 20:
-        if head[0:2] != pkt[0:2] or head[6:10] != pkt[6:10] or head[12:20] != pkt[12:20]:
+    if t == IPV4_MIN_HEADER_LEN:
+        # Version, IHL and TOS; flags, offset, TTL and protocol; the addresses.
+        if (
+            head[:IPV4_TOTAL_LENGTH_AT] != pkt[:IPV4_TOTAL_LENGTH_AT]
+            or head[IPV4_FLAGS_AT:IPV4_CHECKSUM_AT] != pkt[IPV4_FLAGS_AT:IPV4_CHECKSUM_AT]
+            or head[IPV4_ADDRESSES] != pkt[IPV4_ADDRESSES]
+        ):
             return False
-    elif head[0:4] != pkt[0:4] or head[6:40] != pkt[6:40]:
+    # Version, traffic class and flow label; next header, hop limit and the addresses.
+    elif (
+        head[:IPV6_PAYLOAD_LENGTH_AT] != pkt[:IPV6_PAYLOAD_LENGTH_AT]
+        or head[IPV6_NEXT_HEADER_AT:IPV6_HEADER_LEN] != pkt[IPV6_NEXT_HEADER_AT:IPV6_HEADER_LEN]
+    ):
         return False
     # Ports; acknowledgment number and data offset; window; urgent pointer and options.
     return (
-        head[t : t + 4] == pkt[t : t + 4]
-        and head[t + 8 : t + 13] == pkt[t + 8 : t + 13]
-        and head[t + 14 : t + 16] == pkt[t + 14 : t + 16]
-        and head[t + 18 : t + thl] == pkt[t + 18 : t + thl]
+        head[t : t + TCP_SEQ_AT] == pkt[t : t + TCP_SEQ_AT]
+        and head[t + TCP_ACK_AT : t + TCP_FLAGS_AT] == pkt[t + TCP_ACK_AT : t + TCP_FLAGS_AT]
+        and head[t + TCP_WINDOW_AT : t + TCP_CHECKSUM_AT]
+        == pkt[t + TCP_WINDOW_AT : t + TCP_CHECKSUM_AT]
+        and head[t + TCP_URGENT_AT : t + thl] == pkt[t + TCP_URGENT_AT : t + thl]
     )
 
 
@@ -209,24 +277,24 @@ def _build_gso(group: list[bytes], t: int, thl: int, gso_size: int) -> bytes:
     hl = t + thl
     total = hl + sum(len(p) for p in group) - hl * len(group)
     out = bytearray(head[:hl])
-    if t == 20:
-        out[2:4] = _U16.pack(total)
-        out[10:12] = b"\x00\x00"
-        out[10:12] = _U16.pack(checksum(out[:20]))
-        src, dst = head[12:16], head[16:20]
+    if t == IPV4_MIN_HEADER_LEN:
+        _U16.pack_into(out, IPV4_TOTAL_LENGTH_AT, total)
+        _U16.pack_into(out, IPV4_CHECKSUM_AT, 0)
+        _U16.pack_into(out, IPV4_CHECKSUM_AT, checksum(out[:IPV4_MIN_HEADER_LEN]))
+        src, dst = head[IPV4_SRC], head[IPV4_DST]
         gso_type = GSO_TCPV4
     else:
-        out[4:6] = _U16.pack(total - 40)
-        src, dst = head[8:24], head[24:40]
+        _U16.pack_into(out, IPV6_PAYLOAD_LENGTH_AT, total - IPV6_HEADER_LEN)
+        src, dst = head[IPV6_SRC], head[IPV6_DST]
         gso_type = GSO_TCPV6
     # PSH travels on the last segment only (tcp_gso_segment clears it on the others).
-    out[t + 13] = group[-1][t + 13]
+    out[t + TCP_FLAGS_AT] = group[-1][t + TCP_FLAGS_AT]
     # NEEDS_CSUM: the field holds the folded pseudo-header sum over the whole TCP length, the
     # value a stack leaves for a device that completes checksums (CHECKSUM_PARTIAL).
-    out[t + _TCP_CHECK : t + _TCP_CHECK + 2] = _U16.pack(
-        ones_sum(b"", pseudo_header_sum(src, dst, _TCP, total - t))
+    _U16.pack_into(
+        out, t + TCP_CHECKSUM_AT, ones_sum(b"", pseudo_header_sum(src, dst, IPPROTO_TCP, total - t))
     )
-    vnet = _HDR.pack(NEEDS_CSUM, gso_type, hl, gso_size, t, _TCP_CHECK)
+    vnet = _HDR.pack(NEEDS_CSUM, gso_type, hl, gso_size, t, TCP_CHECKSUM_AT)
     parts: list[bytes | bytearray | memoryview] = [vnet, out]
     parts.extend(memoryview(p)[hl:] for p in group)
     return b"".join(parts)
@@ -249,16 +317,16 @@ def coalesce(packets: Sequence[bytes], max_size: int = MAX_GSO_PACKET) -> Coales
         head = packets[i]
         i += 1
         t = _tcp_offset(head)
-        if not t or head[t + 13] & _PSH:
+        if not t or head[t + TCP_FLAGS_AT] & PSH:
             frames.append(PLAIN_HEADER + head)
             continue
-        thl = (head[t + 12] >> 4) * 4
+        thl = (head[t + TCP_DATA_OFFSET_AT] >> 4) * 4
         hl = t + thl
         gso_size = len(head) - hl
         size = len(head)
         group = [head]
-        seq = _U32.unpack_from(head, t + 4)[0]
-        ident = _U16.unpack_from(head, 4)[0]
+        seq = _U32.unpack_from(head, t + TCP_SEQ_AT)[0]
+        ident = _U16.unpack_from(head, IPV4_IDENT_AT)[0]
         while i < n:
             pkt = packets[i]
             if len(pkt) < hl or _tcp_offset(pkt) != t or not _same_flow(head, pkt, t, thl):
@@ -267,17 +335,17 @@ def coalesce(packets: Sequence[bytes], max_size: int = MAX_GSO_PACKET) -> Coales
             seq = (seq + gso_size) & 0xFFFFFFFF
             if payload > gso_size or size + payload > max_size:
                 break
-            if _U32.unpack_from(pkt, t + 4)[0] != seq:
+            if _U32.unpack_from(pkt, t + TCP_SEQ_AT)[0] != seq:
                 break
-            if t == 20:
+            if t == IPV4_MIN_HEADER_LEN:
                 # The kernel numbers IPv4 segments ID, ID+1, ... (inet_gso_segment).
                 ident = (ident + 1) & 0xFFFF
-                if _U16.unpack_from(pkt, 4)[0] != ident:
+                if _U16.unpack_from(pkt, IPV4_IDENT_AT)[0] != ident:
                     break
             group.append(pkt)
             size += payload
             i += 1
-            if payload < gso_size or pkt[t + 13] & _PSH:
+            if payload < gso_size or pkt[t + TCP_FLAGS_AT] & PSH:
                 break  # only the last segment may be short or carry PSH
         if len(group) == 1:
             frames.append(PLAIN_HEADER + head)
@@ -311,12 +379,12 @@ def complete_checksum(packet: bytearray, csum_start: int, csum_offset: int) -> N
 def finish_plain(frame: bytes) -> bytes:
     """Return the packet of a frame whose ``gso_type`` is NONE, its checksum completed.
 
-    ``frame[1]`` must be 0 (checked by the caller). With NEEDS_CSUM the checksum is completed
+    ``gso_type`` must be NONE (checked by the caller). With NEEDS_CSUM the checksum is completed
     as :func:`complete_checksum` does; otherwise the packet is returned as it is.
     """
     if len(frame) <= VNET_HDR_LEN:
         raise ParseError("vnet_empty", "header without a packet")
-    if not frame[0] & NEEDS_CSUM:
+    if not frame[VNET_FLAGS_AT] & NEEDS_CSUM:
         return frame[VNET_HDR_LEN:]
     start, offset = _CSUM_AT.unpack_from(frame, 6)
     body = frame[VNET_HDR_LEN:]
@@ -335,30 +403,41 @@ def finish_plain(frame: bytes) -> bytes:
 
 
 def _gso_headers(hdr: VirtioNetHdr, packet: bytes | bytearray) -> tuple[int, int]:
-    """Check a TCP GSO packet's IP and TCP headers; return (TCP offset, TCP header length)."""
+    """Check a TCP GSO packet's IP and TCP headers; return (TCP offset, TCP header length).
+
+    The headers get the one validated parse of each (netstack.header), once per super-packet;
+    any fault is reported as "gso_bad_packet" with what the parse found.
+    """
     n = len(packet)
     gso = hdr.gso_type & ~GSO_ECN
     t = hdr.csum_start
     if hdr.gso_size == 0:
         raise ParseError("gso_bad_size", "gso_size 0")
-    if gso == GSO_TCPV4:
-        if n < 40 or packet[0] >> 4 != 4 or packet[9] != _TCP:
-            raise ParseError("gso_bad_packet", "TCPV4 GSO without IPv4/TCP")
-        if _U16.unpack_from(packet, 2)[0] != n or (packet[0] & 0x0F) * 4 != t:
-            raise ParseError("gso_bad_packet", "IPv4 length or header length disagrees")
-    elif gso == GSO_TCPV6:
-        if n < 60 or packet[0] >> 4 != 6 or packet[6] != _TCP or t != 40:
-            raise ParseError("gso_bad_packet", "TCPV6 GSO without IPv6/TCP")
-        if _U16.unpack_from(packet, 4)[0] != n - 40:
-            raise ParseError("gso_bad_packet", "IPv6 payload length disagrees")
-    else:
-        raise ParseError("gso_bad_type", f"gso_type {hdr.gso_type}")
-    if hdr.csum_offset != _TCP_CHECK or not hdr.flags & NEEDS_CSUM:
-        raise ParseError("gso_bad_packet", "TCP GSO without a partial TCP checksum")
-    if t + 20 > n:
-        raise ParseError("gso_bad_packet", "truncated TCP header")
-    thl = (packet[t + 12] >> 4) * 4
-    if thl < 20 or t + thl >= n:
+    try:
+        if gso == GSO_TCPV4:
+            # The super-packet's header checksum is the kernel's business (segmentation
+            # rewrites it), so it is not verified here.
+            ip4 = IPv4Header.parse(packet, verify_checksum=False)
+            if ip4.protocol != IPPROTO_TCP:
+                raise ParseError("gso_bad_packet", "TCPV4 GSO without IPv4/TCP")
+            if ip4.total_length != n or ip4.header_length != t:
+                raise ParseError("gso_bad_packet", "IPv4 length or header length disagrees")
+        elif gso == GSO_TCPV6:
+            ip6 = IPv6Header.parse(packet)
+            if ip6.next_header != IPPROTO_TCP or t != IPV6_HEADER_LEN:
+                raise ParseError("gso_bad_packet", "TCPV6 GSO without IPv6/TCP")
+            if IPV6_HEADER_LEN + ip6.payload_length != n:
+                raise ParseError("gso_bad_packet", "IPv6 payload length disagrees")
+        else:
+            raise ParseError("gso_bad_type", f"gso_type {hdr.gso_type}")
+        if hdr.csum_offset != TCP_CHECKSUM_AT or not hdr.flags & NEEDS_CSUM:
+            raise ParseError("gso_bad_packet", "TCP GSO without a partial TCP checksum")
+        thl = TCPHeader.parse(memoryview(packet)[t:]).header_length
+    except ParseError as exc:
+        if exc.reason.startswith("gso_"):
+            raise
+        raise ParseError("gso_bad_packet", f"{exc.reason}: {exc.detail}") from None
+    if t + thl >= n:
         raise ParseError("gso_bad_packet", f"TCP data offset {thl} leaves no payload")
     return t, thl
 
@@ -376,13 +455,13 @@ def segment_gso(hdr: VirtioNetHdr, packet: bytes | bytearray) -> list[bytes]:
     n = len(packet)
     if n - hl > size * 0xFFFF:
         raise ParseError("gso_bad_size", "too many segments")
-    v4 = t == 20
-    addresses = bytes(packet[12:20] if v4 else packet[8:40])
+    v4 = t == IPV4_MIN_HEADER_LEN
+    addresses = bytes(packet[IPV4_ADDRESSES] if v4 else packet[IPV6_ADDRESSES])
     half = len(addresses) // 2
     src, dst = addresses[:half], addresses[half:]
-    seq0 = _U32.unpack_from(packet, t + 4)[0]
-    ident0 = _U16.unpack_from(packet, 4)[0]
-    flags = packet[t + 13]
+    seq0 = _U32.unpack_from(packet, t + TCP_SEQ_AT)[0]
+    ident0 = _U16.unpack_from(packet, IPV4_IDENT_AT)[0]
+    flags = packet[t + TCP_FLAGS_AT]
     template = bytearray(packet[:hl])
     out: list[bytes] = []
     for index, start in enumerate(range(hl, n, size)):
@@ -390,21 +469,22 @@ def segment_gso(hdr: VirtioNetHdr, packet: bytes | bytearray) -> list[bytes]:
         last = start + size >= n
         head = template[:]
         if v4:
-            head[2:4] = _U16.pack(hl + len(payload))
-            head[4:6] = _U16.pack((ident0 + index) & 0xFFFF)
-            head[10:12] = b"\x00\x00"
-            head[10:12] = _U16.pack(checksum(head[:20]))
+            _U16.pack_into(head, IPV4_TOTAL_LENGTH_AT, hl + len(payload))
+            _U16.pack_into(head, IPV4_IDENT_AT, (ident0 + index) & 0xFFFF)
+            _U16.pack_into(head, IPV4_CHECKSUM_AT, 0)
+            _U16.pack_into(head, IPV4_CHECKSUM_AT, checksum(head[:IPV4_MIN_HEADER_LEN]))
         else:
-            head[4:6] = _U16.pack(thl + len(payload))
-        head[t + 4 : t + 8] = _U32.pack((seq0 + index * size) & 0xFFFFFFFF)
-        seg_flags = flags if last else flags & ~(_FIN | _PSH)
+            _U16.pack_into(head, IPV6_PAYLOAD_LENGTH_AT, thl + len(payload))
+        _U32.pack_into(head, t + TCP_SEQ_AT, (seq0 + index * size) & 0xFFFFFFFF)
+        seg_flags = flags if last else flags & ~(FIN | PSH)
         if index:
-            seg_flags &= ~_CWR
-        head[t + 13] = seg_flags
-        head[t + _TCP_CHECK : t + _TCP_CHECK + 2] = b"\x00\x00"
+            seg_flags &= ~CWR
+        head[t + TCP_FLAGS_AT] = seg_flags
+        _U16.pack_into(head, t + TCP_CHECKSUM_AT, 0)
         tcp_len = thl + len(payload)
-        value = checksum(payload, ones_sum(head[t:], pseudo_header_sum(src, dst, _TCP, tcp_len)))
-        head[t + _TCP_CHECK : t + _TCP_CHECK + 2] = _U16.pack(value)
+        pseudo = pseudo_header_sum(src, dst, IPPROTO_TCP, tcp_len)
+        value = checksum(payload, ones_sum(head[t:], pseudo))
+        _U16.pack_into(head, t + TCP_CHECKSUM_AT, value)
         out.append(bytes(head) + payload)
     return out
 
@@ -429,11 +509,12 @@ def receive_frame(frame: bytes, *, gro: bool = True) -> Received:
         return Received(segment_gso(hdr, packet), gso=True, split=True)
     # Compute the checksum afresh over the whole segment rather than trust the partial sum:
     # the pseudo-header length is the super-packet's (RFC 9293 section 3.1), as it must be.
-    addresses = bytes(packet[12:20] if t == 20 else packet[8:40])
+    v4 = t == IPV4_MIN_HEADER_LEN
+    addresses = bytes(packet[IPV4_ADDRESSES] if v4 else packet[IPV6_ADDRESSES])
     half = len(addresses) // 2
     src, dst = addresses[:half], addresses[half:]
-    at = t + _TCP_CHECK
-    packet[at : at + 2] = b"\x00\x00"
-    value = checksum(memoryview(packet)[t:], pseudo_header_sum(src, dst, _TCP, len(packet) - t))
-    packet[at : at + 2] = _U16.pack(value)
+    at = t + TCP_CHECKSUM_AT
+    _U16.pack_into(packet, at, 0)
+    pseudo = pseudo_header_sum(src, dst, IPPROTO_TCP, len(packet) - t)
+    _U16.pack_into(packet, at, checksum(memoryview(packet)[t:], pseudo))
     return Received([bytes(packet)], gso=True, checksum_filled=True)

@@ -11,7 +11,14 @@ from __future__ import annotations
 from netstack.counters import Counters
 from netstack.errors import NoRouteError, ParseError, StackError
 from netstack.header import icmpv4, icmpv6
-from netstack.header.ipv4 import IPv4Header
+from netstack.header.ipv4 import (
+    FLAG_DF,
+    IPV4_DST,
+    IPV4_FLAGS_AT,
+    IPV4_PROTOCOL_AT,
+    IPV4_SRC,
+    IPv4Header,
+)
 from netstack.header.ipv6 import IPV6_HEADER_LEN, IPv6Header, walk_extensions
 from netstack.header.numbers import IPPROTO_ICMP, IPPROTO_ICMPV6
 from netstack.protocols import Control, NetworkInterface, NetworkServices, Route
@@ -165,7 +172,8 @@ class ICMP:
                 c.inc("malformed.bad_quote")
                 return
             ihl = (quoted[0] & 0x0F) * 4
-            src, dst, proto = bytes(quoted[12:16]), bytes(quoted[16:20]), quoted[9]
+            src, dst = bytes(quoted[IPV4_SRC]), bytes(quoted[IPV4_DST])
+            proto = quoted[IPV4_PROTOCOL_AT]
         else:
             ihl = orig.header_length
             src, dst, proto = orig.src, orig.dst, orig.protocol
@@ -173,7 +181,7 @@ class ICMP:
         if control is Control.PACKET_TOO_BIG:
             # RFC 1191 section 3: Fragmentation Needed only answers a datagram sent with DF.
             # One about a datagram we let routers fragment is forged: ignore its MTU.
-            if len(quoted) >= 8 and quoted[6] & 0x40:
+            if len(quoted) >= 8 and quoted[IPV4_FLAGS_AT] & (FLAG_DF >> 8):
                 mtu = msg.mtu
             else:
                 c.inc("pmtu_ignored_no_df")

@@ -15,7 +15,6 @@ from netstack.header.ipv4 import (
     IPV4_MIN_HEADER_LEN,
     IPv4Header,
     build_datagram,
-    parse_fields,
     parse_options,
 )
 from netstack.header.numbers import IPPROTO_ICMP
@@ -23,8 +22,6 @@ from netstack.network.fragment import Reassembler
 from netstack.protocols import UNKNOWN_DESTINATION, NetworkInterface, NetworkServices, Route
 
 BROADCAST = b"\xff\xff\xff\xff"
-# RFC 791 section 3.1: the MF flag and the 13-bit fragment offset of the flags word.
-_MF_OR_OFFSET = 0x3FFF
 
 
 def is_multicast_or_broadcast(addr: bytes) -> bool:
@@ -58,13 +55,14 @@ class IPv4Protocol:
         """Validate one inbound IPv4 packet and deliver it to its upper-layer protocol."""
         c = self.counters
         try:
-            hl, total, ident, flags, _ttl, proto, src, dst = parse_fields(packet)
+            hdr = IPv4Header.parse(packet)
         except ParseError as exc:
             c.inc("malformed." + exc.reason)
             return
         # No TTL check: RFC 1122 section 3.2.1.7, a host MUST NOT discard a datagram just
         # because it was received with TTL less than 2 (expiry is the forwarding router's job).
         stack = self.stack
+        src, dst, proto = hdr.src, hdr.dst, hdr.protocol
         if not stack.is_local(dst):
             c.inc("not_for_us.multicast" if is_multicast_or_broadcast(dst) else "not_for_us")
             return
@@ -72,13 +70,12 @@ class IPv4Protocol:
             # RFC 1122 section 3.2.1.3: a host silently discards such source addresses.
             c.inc("malformed.bad_source")
             return
-        payload = memoryview(packet)[hl:total]
-        if flags & _MF_OR_OFFSET:
-            offset = (flags & 0x1FFF) << 3
-            more = bool(flags & 0x2000)
+        payload = memoryview(packet)[hdr.header_length : hdr.total_length]
+        if hdr.more_fragments or hdr.fragment_offset:
+            offset = hdr.fragment_offset
             first = packet if offset == 0 else None
             done = self.reassembler.add(
-                (src, dst, proto, ident), offset, more, bytes(payload), first
+                (src, dst, proto, hdr.ident), offset, hdr.more_fragments, bytes(payload), first
             )
             if done is None:
                 return
@@ -96,10 +93,7 @@ class IPv4Protocol:
                     nic, packet, icmpv4.DEST_UNREACHABLE, icmpv4.PORT_UNREACHABLE
                 )
         elif proto == IPPROTO_ICMP:
-            # Not a hot path: ICMP gets the full header record.
-            stack.icmp.receive_v4(
-                nic, IPv4Header.parse(packet, verify_checksum=False), payload, packet
-            )
+            stack.icmp.receive_v4(nic, hdr, payload, packet)
         else:
             c.inc("unknown_protocol")
             stack.icmp.send_error_v4(

@@ -12,7 +12,7 @@ from typing import Any
 from netstack.addresses import format_endpoint
 from netstack.errors import MessageTooLongError, ParseError, StackError
 from netstack.header.numbers import IPPROTO_UDP
-from netstack.header.udp import build_udp, parse_fields, udp_checksum_ok
+from netstack.header.udp import UDPHeader, build_udp, udp_checksum_ok
 from netstack.ports import Demux, unspecified
 from netstack.protocols import (
     HANDLED,
@@ -50,15 +50,16 @@ class UDPProtocol:
         """
         c = self.counters
         try:
-            sport, dport, length, csum = parse_fields(payload)
+            hdr = UDPHeader.parse(payload)
         except ParseError as exc:
             c.inc("malformed." + exc.reason)
             return MALFORMED
-        datagram = payload[:length]
+        datagram = payload[: hdr.length]
         if not udp_checksum_ok(src, dst, datagram):
-            c.inc("malformed.zero_checksum" if csum == 0 else "malformed.bad_checksum")
+            c.inc("malformed.zero_checksum" if hdr.checksum == 0 else "malformed.bad_checksum")
             return MALFORMED
-        ep = self.demux.lookup(dst, dport, src, sport)
+        sport = hdr.src_port
+        ep = self.demux.lookup(dst, hdr.dst_port, src, sport)
         if ep is None:
             c.inc("no_port")
             return UNKNOWN_DESTINATION

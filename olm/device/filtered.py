@@ -23,6 +23,8 @@ import struct
 from collections.abc import Callable, Iterable
 
 from netstack.counters import Counters
+from netstack.header.ipv4 import IPV4_DST, IPV4_DST_AT, IPV4_MIN_HEADER_LEN
+from netstack.header.ipv6 import IPV6_DST, IPV6_DST_AT, IPV6_HEADER_LEN
 from netstack.link import NetworkDispatcher
 
 __all__ = ["FilteredDevice", "RuleLink"]
@@ -32,8 +34,8 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Per family, the prefix rules as (shift, {destination >> shift: handler}), shortest shift
 # (longest prefix) first: one dict lookup per distinct prefix length.
 _PrefixTable = list[tuple[int, dict[int, PacketHandler]]]
-# Destination addresses as integers: IPv4 bytes 16-20 (RFC 791 section 3.1), IPv6 bytes 24-40 in
-# two halves (RFC 8200 section 3).
+# Destination addresses as integers (RFC 791 section 3.1, RFC 8200 section 3; the offsets are
+# the header modules'), IPv6 in two halves.
 _unpack_v4 = struct.Struct("!I").unpack_from
 _unpack_v6 = struct.Struct("!QQ").unpack_from
 
@@ -64,10 +66,10 @@ def _match_prefix(
 ) -> PacketHandler | None:
     """Return the handler of the longest prefix rule holding the packet's destination."""
     if version == 4:
-        destination = _unpack_v4(packet, 16)[0]
+        destination = _unpack_v4(packet, IPV4_DST_AT)[0]
         table = tables[0]
     else:
-        high, low = _unpack_v6(packet, 24)
+        high, low = _unpack_v6(packet, IPV6_DST_AT)
         destination = high << 64 | low
         table = tables[1]
     for shift, networks in table:
@@ -171,10 +173,11 @@ class FilteredDevice:
     def filter(self, packets: Iterable[bytes]) -> list[bytes]:
         """Give claimed packets to their handlers; return the unclaimed ones, in order.
 
-        The destination is read straight from the fixed header (IPv4 bytes 16-20, RFC 791
-        section 3.1; IPv6 bytes 24-40, RFC 8200 section 3) and nothing else is checked:
-        validation belongs to whoever gets the packet. A packet too short for its version's
-        header, or of no known version, is counted and returned as unclaimed.
+        The destination is read straight from the fixed header at the offsets the header
+        modules name (``IPV4_DST``, ``IPV6_DST``) and nothing else is checked: validation
+        belongs to whoever gets the packet (a full parse here would double its cost). A packet
+        too short for its version's header, or of no known version, is counted and returned
+        as unclaimed.
         """
         rules = self._rules
         prefixes = self._prefix_tables
@@ -189,17 +192,17 @@ class FilteredDevice:
                 continue
             version = packet[0] >> 4
             if version == 4:
-                if n < 20:
+                if n < IPV4_MIN_HEADER_LEN:
                     self._malformed.inc("short_ipv4")
                     unclaimed.append(packet)
                     continue
-                handler = rules.get(packet[16:20])
+                handler = rules.get(packet[IPV4_DST])
             elif version == 6:
-                if n < 40:
+                if n < IPV6_HEADER_LEN:
                     self._malformed.inc("short_ipv6")
                     unclaimed.append(packet)
                     continue
-                handler = rules.get(packet[24:40])
+                handler = rules.get(packet[IPV6_DST])
             else:
                 self._malformed.inc("bad_version")
                 unclaimed.append(packet)
@@ -227,9 +230,11 @@ class FilteredDevice:
     def rule_for(self, packet: bytes) -> str:
         """Say which rule claims ``packet`` (for ``olm trace``), as :meth:`filter` decides."""
         version = packet[0] >> 4 if packet else 0
-        if version not in (4, 6) or len(packet) < (20 if version == 4 else 40):
+        if version not in (4, 6) or len(packet) < (
+            IPV4_MIN_HEADER_LEN if version == 4 else IPV6_HEADER_LEN
+        ):
             return "malformed: passed on"
-        dst = packet[16:20] if version == 4 else packet[24:40]
+        dst = packet[IPV4_DST] if version == 4 else packet[IPV6_DST]
         if dst in self._rules:
             return f"address rule {ipaddress.ip_address(dst)}: to the stack"
         if self._prefix_tables is not None:
