@@ -121,7 +121,7 @@ def test_build_rejects_bad_values() -> None:
 
 
 @given(st.binary(max_size=40))
-def test_parse_fields_agrees_with_parse_on_any_bytes(data: bytes) -> None:
+def test_the_named_offsets_agree_with_parse_on_any_bytes(data: bytes) -> None:
     """The named field offsets read what the one parse reads (there was a second parser)."""
     from netstack.header.udp import (
         UDP_CHECKSUM_AT,
