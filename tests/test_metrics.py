@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -715,3 +715,31 @@ def test_olm_serve_metrics_pass_promtool_and_prometheus_scrapes_them(
         log.close()
     code, _, err = serve.stop()
     assert code == 0, err
+
+
+@pytest.mark.privileged
+def test_olm_up_over_a_real_tun_exports_the_stack_under_its_queries(
+    netns: NetNS, olm_up: Callable[..., OlmProcess]
+) -> None:
+    """``olm up --metrics``: two digs through the TUN move the DNS and the stack's metrics."""
+    require_tool("dig")
+    start_upstream(netns, 5300)
+    olm_up("--upstream", "127.0.0.1:5300", "--metrics", "127.0.0.1:9153")
+    url = "http://127.0.0.1:9153/metrics"
+    before = _get(netns, url)
+    for _ in range(2):
+        done = netns.run(["dig", "+time=3", "+tries=1", "@10.30.30.30", "example.test", "A"])
+        assert "status: NOERROR" in done.stdout, done.stdout
+    after = _get(netns, url)
+    promtool_check(after)
+    check_conventions(after)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("olm_dns_queries_total", transport="udp") == 2
+    assert moved("olm_dns_cache_misses_total") == 1
+    assert moved("olm_dns_cache_hits_total", kind="positive") == 1
+    # The same two queries, counted by the stack on their way in from the TUN.
+    assert moved("olm_udp_delivered_total") == 2
+    assert moved("olm_nic_rx_packets_total") >= 2
