@@ -37,11 +37,17 @@ from dnslib import QTYPE
 
 from netstack.counters import Counters
 from netstack.errors import ParseError
-from netstack.header.ipv4 import IPv4Header, is_fragment
-from netstack.header.ipv6 import IPV6_HEADER_LEN, IPv6Header
+from netstack.header.ipv4 import (
+    IPV4_MIN_HEADER_LEN,
+    IPV4_PROTOCOL_AT,
+    IPV4_SRC,
+    IPv4Header,
+    is_fragment,
+)
+from netstack.header.ipv6 import IPV6_HEADER_LEN, IPV6_NEXT_HEADER_AT, IPV6_SRC, IPv6Header
 from netstack.header.numbers import IPPROTO_TCP, IPPROTO_UDP
 from netstack.header.tcp import TCPHeader, flags_str, tcp_checksum_ok
-from netstack.header.udp import UDPHeader, udp_checksum_ok
+from netstack.header.udp import UDP_DST_PORT_AT, UDP_HEADER_LEN, UDPHeader, udp_checksum_ok
 from olm.dns.observe import Event, QueryTrace
 from olm.dns.request import Request
 from olm.dns.wire import RCODE_NAMES
@@ -227,6 +233,12 @@ class Tracer:
     def packet_in(self, packet: bytes, deliver: Any) -> None:
         """Follow one packet read from the TUN into the stack."""
         start = _clock()
+        if self.engines:
+            peeked = _peek_udp_query(packet)
+            if peeked is not None and not any(s.matches(*peeked, "udp") for s in self.sessions):
+                # A UDP query no session wants: step aside at the cost of reading its name.
+                deliver(packet)
+                return
         # The filter's decision first: it reads the packet before anything else does, and
         # stamping it after the tracer's own decode would charge that decode to the filter.
         rule = self.filtered.rule_for(packet) if self.filtered is not None else None
@@ -271,6 +283,8 @@ class Tracer:
 
     def packet_out(self, packet: bytes) -> None:
         """Follow one packet the stack writes to the TUN."""
+        if not self._traces:  # nothing followed: no packet out can belong to a trace
+            return
         decoded = _decode(packet, outbound=True)
         if decoded is None:
             return
@@ -334,6 +348,8 @@ class Tracer:
         current = self._current
         trace = self._traces.get(key)
         if trace is None:
+            if not any(s.matches(request.name, request.client, key[2]) for s in self.sessions):
+                return False  # shown to nobody: no trace at all
             trace = self._trace_for(key, _clock())
             self._add(
                 trace,
@@ -557,6 +573,43 @@ def _state_name(endpoint: Any) -> str:
     state = getattr(endpoint, "state", None)
     name = getattr(state, "name", str(state))
     return str(name).replace("_", "-")
+
+
+def _peek_udp_query(packet: bytes) -> tuple[str, bytes] | None:
+    """Return the question name and client address of a UDP DNS query, without parsing more.
+
+    None for anything else, and for what this quick look does not read (IPv6 extension
+    headers, labels of other than letters, digits, ``-`` and ``_``): those take the full path.
+    """
+    version = packet[0] >> 4 if packet else 0
+    if version == 4:
+        if len(packet) < IPV4_MIN_HEADER_LEN or packet[IPV4_PROTOCOL_AT] != IPPROTO_UDP:
+            return None
+        client = packet[IPV4_SRC]
+        udp = (packet[0] & 0x0F) * 4
+    elif version == 6:
+        if len(packet) < IPV6_HEADER_LEN or packet[IPV6_NEXT_HEADER_AT] != IPPROTO_UDP:
+            return None
+        client = packet[IPV6_SRC]
+        udp = IPV6_HEADER_LEN
+    else:
+        return None
+    if int.from_bytes(packet[udp + UDP_DST_PORT_AT : udp + UDP_DST_PORT_AT + 2]) != 53:
+        return None
+    # RFC 1035 section 4.1.2: the question's name follows the 12-byte header, as labels.
+    at = udp + UDP_HEADER_LEN + 12
+    labels: list[str] = []
+    while at < len(packet):
+        length = packet[at]
+        if length == 0:
+            return ".".join(labels) + ".", client
+        label = packet[at + 1 : at + 1 + length]
+        plain = label.replace(b"-", b"").replace(b"_", b"")  # letters, digits, - and _ only
+        if length > 63 or len(label) != length or not (plain.isalnum() or not plain):
+            return None
+        labels.append(label.decode())
+        at += 1 + length
+    return None
 
 
 def _decode(

@@ -20,8 +20,12 @@ from dnslib import DNSRecord
 from test_dns_proxy import answers_with, client_query, start_fake
 from test_olm_service import _service
 
+import olm.trace as trace_module
 from netstack.adapters import UDPSocket
 from netstack.counters import Counters
+from netstack.header.ipv4 import build_datagram
+from netstack.header.ipv6 import IPv6Header
+from netstack.header.udp import build_udp
 from olm.control import ControlServer
 from olm.controlclient import ClientError, Connection
 from olm.dns.engine import Engine
@@ -231,3 +235,42 @@ def test_a_refusal_read_after_a_broken_pipe_is_reported_not_swallowed(tmp_path: 
         with pytest.raises(ClientError) as refused, conn:
             conn.call("counters")
     assert refused.value.status == 2 and "permission denied" in str(refused.value)
+
+
+def test_a_query_no_session_wants_is_only_peeked_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forgotten ``olm trace --name X`` reads each query's name and nothing more."""
+    decoded: list[bytes] = []
+    full = trace_module._decode
+
+    def counting(packet: bytes, outbound: bool = False) -> Any:
+        decoded.append(packet)
+        return full(packet, outbound)
+
+    monkeypatch.setattr(trace_module, "_decode", counting)
+    events, _, _ = traced_service_query(["www.example.com"], {"name": "other.test"})
+    assert events == [] and decoded == []
+    # The name the session wants still gets the whole trace, in and out.
+    events, _, _ = traced_service_query(["a.other.test"], {"name": "other.test"})
+    assert events and events[-1]["event"]["text"] == "end" and len(decoded) == 2
+
+
+def test_the_peek_reads_the_question_name_and_client_or_declines() -> None:
+    v4, v6 = bytes([192, 0, 2, 1]), bytes.fromhex("20010db8" + "00" * 11 + "01")
+    service4, service6 = bytes([10, 30, 30, 30]), bytes.fromhex("fd300030003000" + "00" * 8 + "30")
+    query = client_query("WWW.Example.com")
+
+    def udp4(port: int, payload: bytes) -> bytes:
+        return build_datagram(v4, service4, 17, build_udp(v4, service4, 5353, port, payload))
+
+    def udp6(payload: bytes) -> bytes:
+        datagram = build_udp(v6, service6, 5353, 53, payload)
+        return IPv6Header(v6, service6, 17, payload_length=len(datagram)).pack(datagram)
+
+    assert trace_module._peek_udp_query(udp4(53, query)) == ("WWW.Example.com.", v4)
+    assert trace_module._peek_udp_query(udp6(query)) == ("WWW.Example.com.", v6)
+    assert trace_module._peek_udp_query(udp4(5300, query)) is None  # not to port 53
+    odd = bytes(DNSRecord.question("we\\.ird.example").pack())  # a backslash or dot in a label
+    assert trace_module._peek_udp_query(udp4(53, odd)) is None
+    assert trace_module._peek_udp_query(udp4(53, query[:20])) is None  # cut short
+    tcp = build_datagram(v4, service4, 6, bytes(20))
+    assert trace_module._peek_udp_query(tcp) is None
