@@ -3,8 +3,9 @@
 Split by concern (docs/tcp.md has the map): :mod:`.state` (states and every transition),
 :mod:`.endpoint` (one connection: segment dispatch, timers, ICMP, close), :mod:`.handshake`
 (SYN, SYN-ACK, simultaneous open), :mod:`.receiver` (acceptability, trimming, reassembly,
-window, delayed ACK), :mod:`.sender` (send buffer, output, ACK processing, RTT/RTO, persist),
-:mod:`.recovery` (Reno and SACK loss recovery), :mod:`.sack` (scoreboard),
+window, delayed ACK), :mod:`.sender` (output, ACK processing, RTT/RTO, persist),
+:mod:`.sendbuffer` (the bounded send buffer), :mod:`.recovery` (Reno and SACK loss recovery),
+:mod:`.sack` (scoreboard),
 :mod:`.congestion` (NewReno and CUBIC), :mod:`.timers` (timers and the RTO estimator),
 :mod:`.segment` (sequence-space helpers), :mod:`.isn` (ISNs and SYN cookies),
 :mod:`.listener` and :mod:`.protocol` (demux, resets, ICMP).

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from netstack.addresses import format_endpoint
 from netstack.errors import StackError
@@ -47,7 +47,8 @@ from netstack.transport.tcp.segment import (
     mss_for_mtu,
     segment_length,
 )
-from netstack.transport.tcp.sender import SendBuffer, Sender
+from netstack.transport.tcp.sendbuffer import SendBuffer
+from netstack.transport.tcp.sender import Sender
 from netstack.transport.tcp.state import (
     OUTPUT_STATES,
     RECEIVING_STATES,
@@ -59,10 +60,70 @@ from netstack.transport.tcp.state import (
 from netstack.transport.tcp.timers import RTTEstimator, Timer
 
 if TYPE_CHECKING:
-    from netstack.transport.tcp.listener import TCPListener
-    from netstack.transport.tcp.protocol import TCPProtocol
+    from netstack.counters import Counters
+    from netstack.protocols import StackServices
+    from netstack.transport.tcp.config import TCPConfig
 
 __all__ = ["State", "TCPEndpoint"]
+
+
+class Ports(Protocol):
+    """What a connection needs of the demultiplexer (the TCP protocol's ``Demux``)."""
+
+    def register_connected(
+        self, local: bytes, port: int, remote: bytes, remote_port: int, endpoint: TCPEndpoint
+    ) -> None:
+        """Receive segments for the exact 4-tuple."""
+
+    def unregister_connected(
+        self, local: bytes, port: int, remote: bytes, remote_port: int, endpoint: TCPEndpoint
+    ) -> None:
+        """Stop receiving segments for the 4-tuple."""
+
+    def release(self, local: bytes, port: int) -> None:
+        """Give back the local port."""
+
+
+class Transport(Protocol):
+    """What a connection needs of the TCP protocol (a :class:`.protocol.TCPProtocol`).
+
+    The settings, counters and stack it shares with every connection, the demultiplexer it
+    registers in, the one way out, and the budget for challenge ACKs (RFC 5961 section 7).
+    """
+
+    config: TCPConfig
+    counters: Counters
+    stack: StackServices
+
+    @property
+    def demux(self) -> Ports:
+        """The demultiplexer."""
+
+    def output(self, route: Route, hdr: TCPHeader, payload: bytes) -> bool:
+        """Checksum and send one segment along ``route``; False if the network layer refused."""
+
+    def challenge_ack_allowed(self) -> bool:
+        """Take a token from the challenge-ACK budget."""
+
+
+class Listener(Protocol):
+    """What a connection needs of the listener that opened it (a :class:`.listener.TCPListener`).
+
+    Room in the accept queue, and to be told when the connection is established, when the
+    application may hear of it, and when it closes before it is accepted.
+    """
+
+    def has_room(self) -> bool:
+        """Whether the accept queue can take one more connection."""
+
+    def child_established(self, child: TCPEndpoint) -> None:
+        """Queue a connection that completed its handshake for accept."""
+
+    def announce(self) -> None:
+        """Tell the application a connection is waiting."""
+
+    def child_closed(self, child: TCPEndpoint, was: State) -> None:
+        """Forget a connection that died before it was accepted."""
 
 
 class TCPEndpoint:
@@ -81,9 +142,7 @@ class TCPEndpoint:
       orderly close, else the error (reset, refused, timed out, ICMP error). Called once.
     """
 
-    os_error = staticmethod(os_error)
-
-    def __init__(self, protocol: TCPProtocol, *, nodelay: bool | None = None) -> None:
+    def __init__(self, protocol: Transport, *, nodelay: bool | None = None) -> None:
         config = protocol.config
         self.protocol = protocol
         self.config = config
@@ -97,7 +156,7 @@ class TCPEndpoint:
         self.remote_addr = b""
         self.remote_port = 0
         self.route: Route | None = None
-        self.listener: TCPListener | None = None
+        self.listener: Listener | None = None
         self.reserved = False  # holds its local port in the demultiplexer
         self.registered = False  # reachable by its 4-tuple
         # What the handshake settled (RFC 9293 3.7.1, RFC 7323, RFC 2018).
@@ -115,7 +174,7 @@ class TCPEndpoint:
         self.linger_timer = Timer(clock, self._on_linger_timer)  # TIME-WAIT, FIN-WAIT-2
         # The parts.
         self.handshake = Handshake(self)
-        self.snd = Sender(self, self.rexmit_timer, self.persist_timer)
+        self.snd = Sender(self, protocol.stack.rng, self.rexmit_timer, self.persist_timer)
         self.rcv = Receiver(config, self.counters)
         if nodelay is not None:
             self.snd.nodelay = nodelay
@@ -232,15 +291,13 @@ class TCPEndpoint:
         self._bind(route, local_port, remote_port)
         self.handshake.open_active(iss)
 
-    def open_passive(self, listener: TCPListener, route: Route, hdr: TCPHeader, iss: int) -> None:
+    def open_passive(self, listener: Listener, route: Route, hdr: TCPHeader, iss: int) -> None:
         """Answer a listener's SYN with a SYN-ACK and enter SYN-RECEIVED (section 3.10.7.2)."""
         self._bind(route, hdr.dst_port, hdr.src_port)
         self.listener = listener
         self.handshake.open_passive(hdr, iss)
 
-    def open_from_cookie(
-        self, listener: TCPListener, route: Route, hdr: TCPHeader, mss: int
-    ) -> None:
+    def open_from_cookie(self, listener: Listener, route: Route, hdr: TCPHeader, mss: int) -> None:
         """Enter SYN-RECEIVED from a valid SYN cookie ACK (RFC 4987 section 3.6)."""
         self._bind(route, hdr.dst_port, hdr.src_port)
         self.listener = listener

@@ -13,15 +13,65 @@ connection.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from netstack.header.seqnum import seq_add, seq_gt, seq_leq
 from netstack.header.tcp import ACK, MAX_WINDOW_SCALE, RST, SYN, TCPHeader, TCPOptions
+from netstack.transport.errors import os_error
 from netstack.transport.tcp.segment import MIN_MSS, TIMESTAMP_OPTION_LEN, mss_for_mtu
 from netstack.transport.tcp.state import Event, State
 
 if TYPE_CHECKING:
-    from netstack.transport.tcp.endpoint import TCPEndpoint
+    from netstack.clock import Clock
+    from netstack.counters import Counters
+    from netstack.protocols import Route
+    from netstack.transport.tcp.config import TCPConfig
+    from netstack.transport.tcp.receiver import Receiver
+    from netstack.transport.tcp.sender import Sender
+    from netstack.transport.tcp.timers import Timer
+
+
+class Connection(Protocol):
+    """What the handshake needs of its connection (a :class:`.endpoint.TCPEndpoint`).
+
+    The settings, route, clock and counters; the two sides it starts; what the SYNs settle for
+    the whole connection (``peer_mss``, ``ts_ok``, ``ts_recent``, ``sack_ok``); the state, the
+    retransmission timer, and the connection's own ways to register, move, send and end.
+    """
+
+    config: TCPConfig
+    counters: Counters
+    clock: Clock
+    route: Route | None
+    state: State
+    reserved: bool
+    rcv: Receiver
+    snd: Sender
+    rexmit_timer: Timer
+    peer_mss: int
+    ts_ok: bool
+    ts_recent: int
+    sack_ok: bool
+
+    def register(self) -> None:
+        """Become reachable by the 4-tuple."""
+
+    def move(self, event: Event) -> None:
+        """Take the state transition ``event``."""
+
+    def established(self) -> None:
+        """Note the completed handshake."""
+
+    def emit(
+        self, seq: int, flags: int, payload: bytes = b"", options: TCPOptions | None = None
+    ) -> None:
+        """Send one segment (the connection adds ACK, window and options unless given)."""
+
+    def reply_rst(self, seq: int) -> None:
+        """Answer an unacceptable ACK with a RST at ``seq``."""
+
+    def destroy(self, exc: BaseException | None) -> None:
+        """Enter CLOSED, reporting ``exc`` to the application."""
 
 
 class Handshake:
@@ -29,7 +79,7 @@ class Handshake:
 
     __slots__ = ("ep", "offer_ws", "passive", "rtt_ok", "sent_at", "ws_ok")
 
-    def __init__(self, ep: TCPEndpoint) -> None:
+    def __init__(self, ep: Connection) -> None:
         self.ep = ep
         self.passive = False  # opened by a listener (RFC 9293 3.10.7.4: RST returns to LISTEN)
         self.offer_ws = 0  # the window shift we offer (fits the receive buffer)
@@ -163,7 +213,7 @@ class Handshake:
         if flags & RST:
             if flags & ACK:  # RFC 5961 section 3.2: acceptable only with an acceptable ACK
                 c.inc("rst.received")
-                ep.destroy(ep.os_error(errno.ECONNREFUSED))
+                ep.destroy(os_error(errno.ECONNREFUSED))
             else:
                 c.inc("rst.ignored")
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from netstack.addresses import format_endpoint
 from netstack.errors import StackError
@@ -17,11 +17,37 @@ from netstack.header.seqnum import seq_add
 from netstack.header.tcp import ACK, FIN, RST, SYN, TCPHeader, TCPOptions
 from netstack.ports import unspecified
 from netstack.protocols import Route
-from netstack.transport.tcp.endpoint import State, TCPEndpoint
+from netstack.transport.tcp.endpoint import Ports, State, TCPEndpoint, Transport
 from netstack.transport.tcp.segment import mss_for_mtu
 
 if TYPE_CHECKING:
-    from netstack.transport.tcp.protocol import TCPProtocol
+    from netstack.transport.tcp.isn import ISNFunction, SynCookies
+
+
+class ListenerPorts(Ports, Protocol):
+    """What a listener needs of the demultiplexer: what its connections need, and to leave."""
+
+    def unregister_bound(self, local: bytes, port: int, endpoint: TCPListener) -> None:
+        """Stop receiving segments for (local, port)."""
+
+
+class ListenerTransport(Transport, Protocol):
+    """What a listener needs of the TCP protocol (a :class:`.protocol.TCPProtocol`).
+
+    What its connections need (it creates them), and the ISNs, SYN cookies and resets it
+    answers SYNs and strays with.
+    """
+
+    isn: ISNFunction
+    cookies: SynCookies
+
+    @property
+    def demux(self) -> ListenerPorts:
+        """The demultiplexer."""
+
+    def reply_rst(self, hdr: TCPHeader, data_len: int, local: bytes, remote: bytes) -> None:
+        """Answer a stray segment with a RST."""
+
 
 _COOKIE_WINDOW = 192.0
 """Seconds after the last cookie was sent during which ACKs are checked as cookies."""
@@ -38,7 +64,7 @@ class TCPListener:
 
     def __init__(
         self,
-        protocol: TCPProtocol,
+        protocol: ListenerTransport,
         addr: bytes,
         port: int,
         backlog: int,

@@ -8,7 +8,7 @@ nothing is answered with a RST (RFC 9293 section 3.10.7.1).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from netstack.errors import ParseError, StackError
 from netstack.header.numbers import IPPROTO_TCP
@@ -38,7 +38,7 @@ class TCPProtocol:
         self.stack = stack
         self.config = config or TCPConfig()
         self.counters = stack.counters.child("tcp")
-        self.demux: Demux[TCPEndpoint | TCPListener] = Demux(
+        self.demux: Final[Demux[TCPEndpoint | TCPListener]] = Demux(
             stack.rng, stack.options.ephemeral_ports
         )
         self.isn: ISNFunction = ISNGenerator(stack.clock, stack.rng)

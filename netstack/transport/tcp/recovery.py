@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from netstack.header.seqnum import seq_add, seq_geq, seq_gt, seq_lt, seq_max, seq_min, seq_sub
 from netstack.transport.tcp.sack import Scoreboard
 
 if TYPE_CHECKING:
-    from netstack.transport.tcp.sender import Sender
+    from netstack.counters import Counters
+    from netstack.transport.tcp.congestion import CongestionControl
+    from netstack.transport.tcp.sendbuffer import SendBuffer
+    from netstack.transport.tcp.timers import RTTEstimator, Timer
 
 
 class Phase(enum.Enum):
@@ -39,6 +42,29 @@ class Phase(enum.Enum):
 
 DUPACK_THRESHOLD = 3
 """RFC 5681 section 3.2 (DupThresh of RFC 6675): duplicate ACKs that signal a loss."""
+
+
+class SendSide(Protocol):
+    """What loss recovery needs of its connection's send side (a :class:`.sender.Sender`).
+
+    The send sequence space, the segment size, the congestion controller it reports to, the
+    buffer and FIN it resends from, the RTT sample it cancels (Karn) and the retransmission
+    timer it arms.
+    """
+
+    una: int
+    nxt: int
+    mss: int
+    cc: CongestionControl
+    counters: Counters
+    buf: SendBuffer
+    fin_seq: int | None
+    rtt_seq: int | None
+    rtt: RTTEstimator
+    rexmit_timer: Timer
+
+    def send_range(self, seq: int, n: int, fin: bool, *, retransmit: bool) -> None:
+        """Send the ``n`` queued bytes at ``seq`` (with FIN if ``fin``), new or resent."""
 
 
 class LossRecovery:
@@ -54,7 +80,7 @@ class LossRecovery:
 
     __slots__ = ("dupacks", "loss_end", "phase", "point", "recover", "rexmit_nxt", "snd")
 
-    def __init__(self, snd: Sender) -> None:
+    def __init__(self, snd: SendSide) -> None:
         self.snd = snd
         self.phase = Phase.NONE
         self.point = snd.una
@@ -208,7 +234,7 @@ class RenoRecovery(LossRecovery):
 
     __slots__ = ("credit",)
 
-    def __init__(self, snd: Sender) -> None:
+    def __init__(self, snd: SendSide) -> None:
         super().__init__(snd)
         self.credit = 0  # bytes the duplicate ACKs showed have left the network
 
@@ -254,7 +280,7 @@ class SACKRecovery(LossRecovery):
 
     __slots__ = ("scoreboard",)
 
-    def __init__(self, snd: Sender) -> None:
+    def __init__(self, snd: SendSide) -> None:
         super().__init__(snd)
         self.scoreboard = Scoreboard(snd.una)
 

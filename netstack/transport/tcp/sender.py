@@ -1,4 +1,4 @@
-"""The send side: the bounded send buffer and the :class:`Sender` that empties it.
+"""The send side: the :class:`Sender` that empties the bounded send buffer (:mod:`.sendbuffer`).
 
 RFC 9293 sections 3.7.4 (Nagle), 3.8.6.1 (zero-window probes), 3.8.6.2.1 (sender SWS
 avoidance) and 3.10.7.4 ("fifth": ACK processing, window updates); RFC 6298 (RTT samples, RTO,
@@ -8,70 +8,37 @@ from :mod:`.congestion`; what to resend, from :mod:`.recovery`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from netstack.header.seqnum import SEQ_MASK, seq_add, seq_geq, seq_gt, seq_leq, seq_lt, seq_sub
 from netstack.header.tcp import ACK, FIN, PSH, TCPHeader
 from netstack.transport.tcp.congestion import CongestionControl, new_congestion_control
 from netstack.transport.tcp.recovery import LossRecovery, Phase, RenoRecovery, SACKRecovery
+from netstack.transport.tcp.sendbuffer import SendBuffer
 from netstack.transport.tcp.timers import RTTEstimator, Timer
 
 if TYPE_CHECKING:
-    from netstack.transport.tcp.endpoint import TCPEndpoint
+    import random
+
+    from netstack.clock import Clock
+    from netstack.counters import Counters
+    from netstack.transport.tcp.config import TCPConfig
 
 
-class SendBuffer:
-    """Queued data starting at sequence number ``seq`` (SND.UNA once the SYN is acknowledged).
+class Connection(Protocol):
+    """What the sender needs of its connection (a :class:`.endpoint.TCPEndpoint`).
 
-    Holds both sent-but-unacknowledged and not-yet-sent bytes; at most ``limit`` of them, which
-    is what gives the application back-pressure.
+    Its settings, counters and clock; whether the handshake agreed on timestamps (they replace
+    timing one segment per RTT); and the one way a segment goes out.
     """
 
-    __slots__ = ("_buf", "limit", "seq")
+    config: TCPConfig
+    counters: Counters
+    clock: Clock
+    ts_ok: bool
 
-    def __init__(self, seq: int, limit: int) -> None:
-        self._buf = bytearray()
-        self.seq = seq
-        self.limit = limit
-
-    def __len__(self) -> int:
-        return len(self._buf)
-
-    @property
-    def space(self) -> int:
-        """Bytes the application may still queue."""
-        return max(self.limit - len(self._buf), 0)
-
-    @property
-    def end(self) -> int:
-        """The sequence number just after the last queued byte."""
-        return seq_add(self.seq, len(self._buf))
-
-    def append(self, data: bytes | bytearray | memoryview) -> int:
-        """Queue as much of ``data`` as fits; return how many bytes were taken."""
-        n = min(len(data), self.space)
-        if n:
-            self._buf += data[:n] if n < len(data) else data
-        return n
-
-    def ack(self, upto: int) -> int:
-        """Release the bytes before sequence number ``upto``; return how many were released."""
-        n = min(max(seq_sub(upto, self.seq), 0), len(self._buf))
-        if n:
-            del self._buf[:n]
-            self.seq = seq_add(self.seq, n)
-        return n
-
-    def slice(self, seq: int, n: int) -> bytes:
-        """Return up to ``n`` queued bytes starting at sequence number ``seq``."""
-        off = seq_sub(seq, self.seq)
-        if off < 0:
-            return b""
-        return bytes(self._buf[off : off + n])
-
-    def clear(self) -> None:
-        """Drop everything queued."""
-        self._buf.clear()
+    def emit(self, seq: int, flags: int, payload: bytes = b"") -> None:
+        """Send one segment: the connection adds ACK, window and options."""
 
 
 class Sender:
@@ -115,12 +82,14 @@ class Sender:
         "wscale",
     )
 
-    def __init__(self, ep: TCPEndpoint, rexmit_timer: Timer, persist_timer: Timer) -> None:
+    def __init__(
+        self, ep: Connection, rng: random.Random, rexmit_timer: Timer, persist_timer: Timer
+    ) -> None:
         config = ep.config
         self.ep = ep
         self.config = config
         self.counters = ep.counters
-        self.clock = clock = ep.protocol.stack.clock
+        self.clock = clock = ep.clock
         self.rexmit_timer = rexmit_timer
         self.persist_timer = persist_timer
         self.nodelay = config.nodelay
@@ -140,7 +109,7 @@ class Sender:
         self.rtt = RTTEstimator(config.initial_rto, config.min_rto, config.max_rto)
         self.rtt_seq: int | None = None  # timing this sequence number (no timestamps)
         self.rtt_time = 0.0
-        self.ts_offset = ep.protocol.stack.rng.getrandbits(32)  # RFC 7323 section 5.4
+        self.ts_offset = rng.getrandbits(32)  # RFC 7323 section 5.4
         self.persist_backoff = config.persist_min
         self.probes = 0
         # The one place a connection's congestion controller is made (TCPConfig.congestion).
